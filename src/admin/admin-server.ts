@@ -1,0 +1,126 @@
+/**
+ * The admin server on both sides: `GET /stats` in Envoy's text format and `GET /ready`. It renders
+ * snapshots handed to it and owns no state. It binds where it is told; the configs default to
+ * loopback and nothing here widens that.
+ *
+ * `/stats` accepts Envoy's `filter=<regex>` and `hidden=include|exclude|only`. revtun hides no
+ * tunnel gauges (reference §12 #19), so `hidden=include` and the default list the same stats and
+ * `hidden=only` lists none.
+ */
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { HostPort } from '../shared/address.ts';
+import { closeServer, listen } from '../shared/listen.ts';
+import type { Logger } from '../shared/logger.ts';
+import type { StatSnapshot } from '../shared/stats.ts';
+import { renderStatsText } from './stats-text.ts';
+
+export interface AdminServerOptions {
+  readonly address: HostPort;
+  /** Names the server in errors, e.g. "the initiator's admin server". */
+  readonly what: string;
+  readonly stats: () => readonly StatSnapshot[];
+  /** True while the process is ready to serve (Envoy's /ready answers LIVE). */
+  readonly ready: () => boolean;
+  readonly logger: Logger;
+}
+
+export class AdminServer {
+  readonly #options: AdminServerOptions;
+  readonly #server: http.Server;
+
+  constructor(options: AdminServerOptions) {
+    this.#options = options;
+    this.#server = http.createServer(
+      { requestTimeout: 10_000, headersTimeout: 10_000 },
+      (request, response) => this.#handle(request, response),
+    );
+    this.#server.on('clientError', (_error, socket) => socket.destroy());
+    this.#server.on('error', (error) => options.logger.error({ err: error }, 'admin server error'));
+  }
+
+  listen(): Promise<HostPort> {
+    return listen(this.#server, this.#options.address, this.#options.what);
+  }
+
+  async close(): Promise<void> {
+    const closed = closeServer(this.#server);
+    this.#server.closeAllConnections();
+    await closed;
+  }
+
+  #handle(request: IncomingMessage, response: ServerResponse): void {
+    const url = new URL(request.url ?? '/', 'http://admin');
+    if (request.method !== 'GET' && request.method !== 'HEAD') {
+      text(response, 405, 'method not allowed: the admin endpoints answer GET\n', {
+        allow: 'GET, HEAD',
+      });
+      return;
+    }
+    switch (url.pathname) {
+      case '/stats':
+        this.#stats(url, response);
+        return;
+      case '/ready':
+        if (this.#options.ready()) text(response, 200, 'LIVE\n');
+        else text(response, 503, 'DRAINING\n');
+        return;
+      case '/':
+        text(
+          response,
+          200,
+          'revtun admin: GET /stats[?filter=REGEX&hidden=include|exclude|only], GET /ready\n',
+        );
+        return;
+      default:
+        text(response, 404, `no admin endpoint ${url.pathname}; try /stats or /ready\n`);
+    }
+  }
+
+  #stats(url: URL, response: ServerResponse): void {
+    for (const key of url.searchParams.keys()) {
+      if (key !== 'filter' && key !== 'hidden') {
+        text(response, 400, `unknown /stats parameter "${key}"; known: filter, hidden\n`);
+        return;
+      }
+    }
+    const hidden = url.searchParams.get('hidden') ?? 'exclude';
+    if (hidden !== 'include' && hidden !== 'exclude' && hidden !== 'only') {
+      text(response, 400, `hidden must be include, exclude or only, not "${hidden}"\n`);
+      return;
+    }
+    let filter: RegExp | undefined;
+    const pattern = url.searchParams.get('filter');
+    if (pattern !== null && pattern.length > 1000) {
+      text(response, 400, 'filter is longer than 1000 characters\n');
+      return;
+    }
+    if (pattern !== null && pattern !== '') {
+      try {
+        filter = new RegExp(pattern);
+      } catch (error) {
+        text(
+          response,
+          400,
+          `filter is not a valid regular expression: ${(error as Error).message}\n`,
+        );
+        return;
+      }
+    }
+    text(response, 200, hidden === 'only' ? '' : renderStatsText(this.#options.stats(), filter));
+  }
+}
+
+function text(
+  response: ServerResponse,
+  status: number,
+  body: string,
+  headers: Record<string, string> = {},
+): void {
+  response.writeHead(status, {
+    'content-type': 'text/plain; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'no-cache',
+    ...headers,
+  });
+  response.end(response.req.method === 'HEAD' ? undefined : body);
+}

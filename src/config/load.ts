@@ -1,0 +1,223 @@
+/**
+ * YAML → schema → frozen typed config, at one boundary. Every problem is reported with its key path
+ * and its place in the file (`file:line:col`), all of them at once, like rathole's config.rs with
+ * deny_unknown_fields.
+ */
+import { readFile } from 'node:fs/promises';
+import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, type Node } from 'yaml';
+import type { z } from 'zod';
+import { RevtunError } from '../shared/errors.ts';
+import {
+  initiatorSchema,
+  responderSchema,
+  type InitiatorConfig,
+  type InitiatorConfigInput,
+  type ResponderConfig,
+  type ResponderConfigInput,
+} from './schema.ts';
+
+export type Role = 'initiator' | 'responder';
+
+export interface ConfigProblem {
+  /** Key path, e.g. `remote_clusters[0].hosts[1]`; empty for the whole document. */
+  readonly path: string;
+  readonly message: string;
+  readonly line?: number;
+  readonly column?: number;
+}
+
+export class ConfigError extends RevtunError {
+  readonly problems: readonly ConfigProblem[];
+
+  constructor(source: string, problems: readonly ConfigProblem[]) {
+    super('ERR_CONFIG_INVALID', formatProblems(source, problems));
+    this.problems = problems;
+  }
+}
+
+function formatProblems(source: string, problems: readonly ConfigProblem[]): string {
+  const inFileOrder = [...problems].sort(
+    (a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0),
+  );
+  const lines = inFileOrder.map((problem) => {
+    const where =
+      problem.line === undefined ? source : `${source}:${problem.line}:${problem.column}`;
+    return `${where}: ${problem.path === '' ? '' : `${problem.path}: `}${problem.message}`;
+  });
+  return `invalid configuration (${problems.length} problem${problems.length === 1 ? '' : 's'}):\n  ${lines.join('\n  ')}`;
+}
+
+const schemas = { initiator: initiatorSchema, responder: responderSchema } as const;
+
+/** Reads and validates a YAML config file for a role. */
+export async function loadConfigFile(file: string, role: 'initiator'): Promise<InitiatorConfig>;
+export async function loadConfigFile(file: string, role: 'responder'): Promise<ResponderConfig>;
+export async function loadConfigFile(
+  file: string,
+  role: Role,
+): Promise<InitiatorConfig | ResponderConfig>;
+export async function loadConfigFile(
+  file: string,
+  role: Role,
+): Promise<InitiatorConfig | ResponderConfig> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    throw new RevtunError('ERR_CONFIG_READ', `cannot read ${file}: ${(error as Error).message}`, {
+      cause: error,
+    });
+  }
+  return parseConfigText(text, role, file);
+}
+
+/** Validates YAML text for a role; `source` names it in error messages. */
+export function parseConfigText(text: string, role: 'initiator', source?: string): InitiatorConfig;
+export function parseConfigText(text: string, role: 'responder', source?: string): ResponderConfig;
+export function parseConfigText(
+  text: string,
+  role: Role,
+  source?: string,
+): InitiatorConfig | ResponderConfig;
+export function parseConfigText(
+  text: string,
+  role: Role,
+  source = '<config>',
+): InitiatorConfig | ResponderConfig {
+  const lineCounter = new LineCounter();
+  const document = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  const at = (offset: number | undefined) => {
+    if (offset === undefined) return {};
+    const { line, col } = lineCounter.linePos(offset);
+    return { line, column: col };
+  };
+  if (document.errors.length > 0) {
+    throw new ConfigError(
+      source,
+      document.errors.map((error) => ({
+        path: '',
+        message: error.message.split('\n')[0] ?? '',
+        ...at(error.pos[0]),
+      })),
+    );
+  }
+  const result = schemas[role].safeParse(document.toJS() ?? {});
+  if (result.success) return seal(result.data);
+  throw new ConfigError(
+    source,
+    result.error.issues.flatMap((issue) => describeIssue(issue, document.contents, at)),
+  );
+}
+
+/** Validates a config object (the library entry point); errors name key paths only. */
+export function validateInitiatorConfig(
+  input: InitiatorConfigInput | InitiatorConfig,
+): InitiatorConfig {
+  return validateObject(initiatorSchema, input);
+}
+
+export function validateResponderConfig(
+  input: ResponderConfigInput | ResponderConfig,
+): ResponderConfig {
+  return validateObject(responderSchema, input);
+}
+
+/** Configs this module produced: already validated, with durations in ms and defaults applied. */
+const validated = new WeakSet<object>();
+
+function validateObject<S extends z.ZodType>(schema: S, input: unknown): DeepFrozen<z.output<S>> {
+  if (typeof input === 'object' && input !== null && validated.has(input)) {
+    return input as DeepFrozen<z.output<S>>;
+  }
+  const result = schema.safeParse(input);
+  if (result.success) return seal(result.data);
+  throw new ConfigError(
+    '<config>',
+    result.error.issues.flatMap((issue) => describeIssue(issue, null, () => ({}))),
+  );
+}
+
+type Position = { line?: number; column?: number };
+
+function describeIssue(
+  issue: z.core.$ZodIssue,
+  root: unknown,
+  at: (offset: number | undefined) => Position,
+): ConfigProblem[] {
+  const path = issue.path.filter((key): key is string | number => typeof key !== 'symbol');
+  if (issue.code === 'unrecognized_keys') {
+    return issue.keys.map((key) => ({
+      path: formatPath([...path, key]),
+      message: `unknown key "${key}"`,
+      ...at(keyNode(root, path, key)?.range?.[0]),
+    }));
+  }
+  const node = nodeAt(root, path);
+  let message = issue.message;
+  if (issue.code === 'invalid_type' && node === undefined) message = 'is required';
+  return [
+    {
+      path: formatPath(path),
+      message,
+      ...at(node?.range?.[0] ?? nearestNode(root, path)?.range?.[0]),
+    },
+  ];
+}
+
+function formatPath(path: ReadonlyArray<string | number>): string {
+  return path
+    .map((key, index) => (typeof key === 'number' ? `[${key}]` : index === 0 ? key : `.${key}`))
+    .join('');
+}
+
+function nodeAt(root: unknown, path: ReadonlyArray<string | number>): Node | undefined {
+  let node: unknown = root;
+  for (const key of path) {
+    if (isMap(node)) {
+      node = node.items.find(
+        (pair) => isPair(pair) && isScalar(pair.key) && pair.key.value === key,
+      )?.value;
+    } else if (isSeq(node) && typeof key === 'number') {
+      node = node.items[key];
+    } else {
+      return undefined;
+    }
+  }
+  return (node ?? undefined) as Node | undefined;
+}
+
+/** The deepest node that exists on the way to `path`, to place "is required" problems. */
+function nearestNode(root: unknown, path: ReadonlyArray<string | number>): Node | undefined {
+  for (let length = path.length; length >= 0; length -= 1) {
+    const node = nodeAt(root, path.slice(0, length));
+    if (node !== undefined) return node;
+  }
+  return undefined;
+}
+
+function keyNode(
+  root: unknown,
+  path: ReadonlyArray<string | number>,
+  key: string,
+): Node | undefined {
+  const map = nodeAt(root, path);
+  if (!isMap(map)) return undefined;
+  const pair = map.items.find((item) => isScalar(item.key) && item.key.value === key);
+  return pair?.key as Node | undefined;
+}
+
+function seal<T>(value: T): DeepFrozen<T> {
+  const frozen = deepFreeze(value);
+  validated.add(frozen as object);
+  return frozen;
+}
+
+type DeepFrozen<T> = T extends object ? { readonly [K in keyof T]: DeepFrozen<T[K]> } : T;
+
+function deepFreeze<T>(value: T): DeepFrozen<T> {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    for (const child of Object.values(value)) deepFreeze(child);
+    Object.freeze(value);
+  }
+  return value as DeepFrozen<T>;
+}

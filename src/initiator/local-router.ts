@@ -1,0 +1,130 @@
+/**
+ * The initiator's local routes: each stream the responder opens on a tunnel is matched by path
+ * prefix (first match wins, as Envoy's route table) and forwarded to a local service over HTTP/1.1
+ * with an undici Pool per service. Unmatched paths get 404. Bodies stream both ways with
+ * `stream.pipeline` and HTTP/2 flow control, never buffered whole.
+ */
+import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import { pipeline } from 'node:stream/promises';
+import { Pool, type Dispatcher } from 'undici';
+import type { LocalRouteConfig } from '../config/schema.ts';
+import { describeError } from '../shared/errors.ts';
+import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
+import type { Logger } from '../shared/logger.ts';
+
+interface Route {
+  readonly prefix: string;
+  readonly target: string;
+  readonly pool: Pool;
+}
+
+export class LocalRouter {
+  readonly #routes: Route[];
+  readonly #logger: Logger;
+
+  constructor(routes: readonly LocalRouteConfig[], logger: Logger) {
+    this.#logger = logger;
+    const pools = new Map<string, Pool>();
+    this.#routes = routes.map((route) => {
+      let pool = pools.get(route.target);
+      if (pool === undefined) {
+        pool = new Pool(route.target, { connections: route.max_connections });
+        pools.set(route.target, pool);
+      }
+      return { prefix: route.prefix, target: route.target, pool };
+    });
+  }
+
+  /** Serves one stream the responder opened. */
+  handle(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): void {
+    stream.on('error', (error) => this.#logger.debug({ err: error }, 'tunnel stream error'));
+    this.#serve(stream, headers, flags).catch((error: unknown) => {
+      this.#logger.error({ err: error }, 'local route failed unexpectedly');
+      stream.destroy();
+    });
+  }
+
+  /** Closes the connections to local services once their requests are done. */
+  async close(): Promise<void> {
+    await Promise.all(
+      [...new Set(this.#routes.map((route) => route.pool))].map((pool) => pool.close()),
+    );
+  }
+
+  destroy(): void {
+    for (const route of this.#routes) void route.pool.destroy().catch(() => {});
+  }
+
+  async #serve(
+    stream: ServerHttp2Stream,
+    headers: IncomingHttpHeaders,
+    flags: number,
+  ): Promise<void> {
+    const path = headers[':path'] ?? '/';
+    const method = headers[':method'] ?? 'GET';
+    const pathOnly = path.split('?', 1)[0] as string;
+    const route = this.#routes.find((candidate) => pathOnly.startsWith(candidate.prefix));
+    if (route === undefined) {
+      respondText(stream, 404, `no local route for path ${pathOnly}`);
+      return;
+    }
+    const forwarded: Record<string, string | string[]> = {};
+    forEachEndToEndHeader(headers, (name, value) => {
+      // The responder's HTTP/1.1 server already answered any 100-continue; undici refuses expect.
+      if (name !== 'expect') forwarded[name] = value;
+    });
+    const authority = headers[':authority'];
+    if (authority !== undefined) forwarded['host'] = authority;
+    const hasBody = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) === 0;
+    const abort = new AbortController();
+    const onClose = () => abort.abort();
+    stream.once('close', onClose);
+    let upstream: Dispatcher.ResponseData;
+    try {
+      upstream = await route.pool.request({
+        path,
+        method,
+        headers: forwarded,
+        body: hasBody ? stream : null,
+        signal: abort.signal,
+      });
+    } catch (error) {
+      stream.removeListener('close', onClose);
+      if (abort.signal.aborted) return;
+      this.#logger.warn({ target: route.target, path, err: error }, 'local service request failed');
+      respondText(stream, 502, `local service ${route.target} failed: ${describeError(error)}`);
+      return;
+    }
+    stream.removeListener('close', onClose);
+    if (stream.destroyed || stream.closed) {
+      upstream.body.destroy();
+      return;
+    }
+    const response: http2.OutgoingHttpHeaders = { ':status': upstream.statusCode };
+    forEachEndToEndHeader(upstream.headers, (name, value) => {
+      response[name] = value;
+    });
+    stream.respond(response);
+    try {
+      await pipeline(upstream.body, stream);
+    } catch (error) {
+      // pipeline destroyed the stream with the error, which resets it (RST_STREAM): the responder
+      // aborts its caller instead of ending a truncated body cleanly.
+      this.#logger.info(
+        { target: route.target, path, err: error },
+        'local response not fully forwarded',
+      );
+    }
+  }
+}
+
+function respondText(stream: ServerHttp2Stream, status: number, message: string): void {
+  if (stream.destroyed || stream.closed) return;
+  const body = `${message}\n`;
+  stream.respond({
+    ':status': status,
+    'content-type': 'text/plain; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+  });
+  stream.end(body);
+}

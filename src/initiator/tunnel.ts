@@ -1,0 +1,112 @@
+/**
+ * One established tunnel at the initiator. While idle it echoes every RPING and sends nothing else
+ * (protocol reference §5 "Silence rules"). At the first byte that is not part of an RPING it becomes
+ * an HTTP/2 server on the same socket: Node's server session writes SETTINGS the moment it exists,
+ * so it is created only then (architecture decision 3), with the bytes read so far handed back
+ * through `socket.unshift()` so nghttp2 reads them first (nodejs/node#41185).
+ */
+import http2, {
+  type ServerHttp2Session,
+  type ServerHttp2Stream,
+  type IncomingHttpHeaders,
+} from 'node:http2';
+import type { Socket } from 'node:net';
+import { RPING, RpingInterceptor } from '../protocol/rping.ts';
+
+export type TunnelCloseReason =
+  'peer_close' | 'read_error' | 'rping_flood' | 'http2_closed' | 'local_close';
+
+export interface InitiatorTunnelOptions {
+  /** HTTP/2 settings the initiator announces as server. */
+  readonly settings: http2.Settings;
+  readonly onStream: (
+    stream: ServerHttp2Stream,
+    headers: IncomingHttpHeaders,
+    flags: number,
+  ) => void;
+  /** Called once when the tunnel is gone. */
+  readonly onClose: (reason: TunnelCloseReason, error?: Error) => void;
+}
+
+export class InitiatorTunnel {
+  readonly socket: Socket;
+  readonly establishedAt = Date.now();
+  readonly #options: InitiatorTunnelOptions;
+  readonly #interceptor = new RpingInterceptor();
+  #session: ServerHttp2Session | undefined;
+  #closed = false;
+
+  constructor(socket: Socket, options: InitiatorTunnelOptions) {
+    this.socket = socket;
+    this.#options = options;
+  }
+
+  /** True once HTTP/2 runs on the tunnel. */
+  get active(): boolean {
+    return this.#session !== undefined;
+  }
+
+  /** Starts echo mode with the bytes that followed the handshake response. */
+  start(leftover: Buffer): void {
+    this.socket.on('error', this.#onError);
+    this.socket.on('close', this.#onSocketClose);
+    this.socket.on('data', this.#onIdleData);
+    if (leftover.length > 0) this.#onIdleData(leftover);
+    if (!this.#closed && this.#session === undefined) this.socket.resume();
+  }
+
+  /** Graceful: GOAWAY on an active tunnel (streams finish), a plain close on an idle one. */
+  close(): void {
+    if (this.#session !== undefined) {
+      if (!this.#session.closed) this.#session.close();
+      return;
+    }
+    this.#finish('local_close');
+  }
+
+  destroy(): void {
+    this.#session?.destroy();
+    this.#finish('local_close');
+  }
+
+  #onIdleData = (chunk: Buffer): void => {
+    const { echoes, data, flood } = this.#interceptor.feed(chunk, Date.now());
+    if (flood) {
+      this.#finish('rping_flood');
+      return;
+    }
+    if (echoes > 0)
+      this.socket.write(
+        echoes === 1 ? RPING : Buffer.concat(Array.from({ length: echoes }, () => RPING)),
+      );
+    if (data !== null) this.#startHttp2(data);
+  };
+
+  #startHttp2(data: Buffer): void {
+    this.socket.removeListener('data', this.#onIdleData);
+    this.socket.pause();
+    this.socket.unshift(data);
+    const session = http2.performServerHandshake(this.socket, { settings: this.#options.settings });
+    this.#session = session;
+    session.on('error', () => {
+      // Followed by 'close', which reports the end of the tunnel.
+    });
+    session.on('stream', this.#options.onStream);
+    session.on('close', () => this.#finish('http2_closed'));
+  }
+
+  #onError = (error: Error): void => {
+    if (this.#session === undefined) this.#finish('read_error', error);
+  };
+
+  #onSocketClose = (): void => {
+    if (this.#session === undefined) this.#finish('peer_close');
+  };
+
+  #finish(reason: TunnelCloseReason, error?: Error): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.socket.destroy();
+    this.#options.onClose(reason, error);
+  }
+}

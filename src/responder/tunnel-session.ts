@@ -1,0 +1,102 @@
+/**
+ * A checked-out tunnel: the responder is the HTTP/2 client on the socket the initiator dialled
+ * (protocol reference §6, reversed roles). One session carries many concurrent streams; a socket
+ * that carried HTTP/2 never returns to the idle pool.
+ */
+import http2, {
+  type ClientHttp2Session,
+  type ClientHttp2Stream,
+  type OutgoingHttpHeaders,
+} from 'node:http2';
+import type { Socket } from 'node:net';
+import type { Identity } from '../protocol/handshake.ts';
+
+export interface TunnelSessionOptions {
+  readonly identity: Identity;
+  /** Called once when the session and its socket are gone. */
+  readonly onClose: (session: TunnelSession, error?: Error) => void;
+}
+
+/**
+ * Streams a session may carry before the initiator's SETTINGS arrive: RFC 9113 §6.5.2 recommends
+ * that a peer allow at least 100.
+ */
+const streamsBeforeSettings = 100;
+
+export class TunnelSession {
+  readonly identity: Identity;
+  readonly openedAt = Date.now();
+  readonly #session: ClientHttp2Session;
+  readonly #options: TunnelSessionOptions;
+  #inFlight = 0;
+  /** No new streams: GOAWAY sent or received, or the session is gone. */
+  #draining = false;
+  #closed = false;
+  #error: Error | undefined;
+  #peerLimit: number | undefined;
+
+  constructor(socket: Socket, options: TunnelSessionOptions) {
+    this.identity = options.identity;
+    this.#options = options;
+    socket.on('error', () => {
+      // The session sees the same error and reports it through its own 'error'/'close'.
+    });
+    socket.setNoDelay(true);
+    this.#session = http2.connect(`http://${options.identity.nodeId}`, {
+      createConnection: () => socket,
+      settings: { enablePush: false },
+    });
+    this.#session.on('error', (error: Error) => {
+      this.#error = error;
+    });
+    this.#session.on('remoteSettings', (settings: http2.Settings) => {
+      this.#peerLimit = settings.maxConcurrentStreams;
+    });
+    this.#session.on('goaway', () => {
+      this.#draining = true;
+    });
+    this.#session.on('close', () => {
+      this.#draining = true;
+      if (this.#closed) return;
+      this.#closed = true;
+      this.#options.onClose(this, this.#error);
+    });
+  }
+
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  /** True while the session takes new streams: not draining, and below the peer's stream limit. */
+  get available(): boolean {
+    return !this.#draining && this.#inFlight < (this.#peerLimit ?? streamsBeforeSettings);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Opens a stream; the session counts it until it closes. */
+  request(headers: OutgoingHttpHeaders, options: { endStream: boolean }): ClientHttp2Stream {
+    const stream = this.#session.request(headers, { endStream: options.endStream });
+    // The caller observes failures through its own listeners; this one only keeps an unobserved
+    // stream error from becoming an uncaught exception.
+    stream.on('error', () => {});
+    this.#inFlight += 1;
+    stream.once('close', () => {
+      this.#inFlight -= 1;
+    });
+    return stream;
+  }
+
+  /** Graceful: GOAWAY, then the session closes once its in-flight streams finish. */
+  close(): void {
+    this.#draining = true;
+    if (!this.#session.closed && !this.#session.destroyed) this.#session.close();
+  }
+
+  destroy(): void {
+    this.#draining = true;
+    this.#session.destroy();
+  }
+}
