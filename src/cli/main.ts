@@ -1,0 +1,335 @@
+#!/usr/bin/env node
+/**
+ * The command line. The only code that touches argv, the environment, signals, stdout/stderr and
+ * exit codes: 0 after a clean stop, 1 when something failed at start or run time, 2 for a usage
+ * error.
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { pino, type Level } from 'pino';
+import {
+  loadConfigFile,
+  validateInitiatorConfig,
+  validateResponderConfig,
+} from '../config/load.ts';
+import { startInitiator } from '../initiator/initiator.ts';
+import { startResponder } from '../responder/responder.ts';
+import { startDemoService } from '../sandbox/demo-service.ts';
+import { sandboxDefaultPorts, startSandbox, type SandboxPorts } from '../sandbox/sandbox.ts';
+import { formatHostPort, parseHostPort } from '../shared/address.ts';
+import { describeError, isRevtunError, RevtunError } from '../shared/errors.ts';
+import type { Logger } from '../shared/logger.ts';
+import { initiatorFromFlags, responderFromFlags, flagError, type FlagValues } from './flags.ts';
+import { demoServiceHelp, initiatorHelp, mainHelp, responderHelp, sandboxHelp } from './help.ts';
+
+/** How long a stop may take: in-flight work gets this long, so the whole stop fits in 5 s. */
+const stopGraceMs = 3_000;
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+
+const common: Options = {
+  help: { type: 'boolean', short: 'h' },
+  'log-level': { type: 'string' },
+};
+
+const commands: Record<
+  string,
+  { help: string; options: Options; run: (flags: FlagValues) => Promise<Stoppable> }
+> = {
+  sandbox: {
+    help: sandboxHelp,
+    options: {
+      'initiator-admin-port': { type: 'string' },
+      'responder-admin-port': { type: 'string' },
+      'tunnel-port': { type: 'string' },
+      'egress-port': { type: 'string' },
+      'service-port': { type: 'string' },
+    },
+    run: runSandbox,
+  },
+  initiator: {
+    help: initiatorHelp,
+    options: {
+      config: { type: 'string', short: 'c' },
+      'node-id': { type: 'string' },
+      'cluster-id': { type: 'string' },
+      'tenant-id': { type: 'string' },
+      rc: { type: 'string' },
+      responder: { type: 'string', multiple: true },
+      'remote-cluster': { type: 'string' },
+      tunnels: { type: 'string' },
+      route: { type: 'string', multiple: true },
+      'admin-listen': { type: 'string' },
+      'stat-prefix': { type: 'string' },
+    },
+    run: runInitiator,
+  },
+  responder: {
+    help: responderHelp,
+    options: {
+      config: { type: 'string', short: 'c' },
+      'tunnel-listen': { type: 'string' },
+      'egress-listen': { type: 'string' },
+      'admin-listen': { type: 'string' },
+      route: { type: 'string', multiple: true },
+      'host-id-header': { type: 'string', multiple: true },
+      'stat-prefix': { type: 'string' },
+    },
+    run: runResponder,
+  },
+  'demo-service': {
+    help: demoServiceHelp,
+    options: { listen: { type: 'string' } },
+    run: runDemoService,
+  },
+};
+
+interface Stoppable {
+  close(options: { graceMs: number }): Promise<void>;
+}
+
+const out = (line = '') => process.stdout.write(`${line}\n`);
+
+function makeLogger(flags: FlagValues, fallback: Level): Logger {
+  const level = typeof flags['log-level'] === 'string' ? flags['log-level'] : fallback;
+  const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+  if (!levels.includes(level)) {
+    throw new RevtunError(
+      'ERR_USAGE',
+      `--log-level must be one of ${levels.join(', ')}, not "${level}"`,
+    );
+  }
+  return pino({ level }, pino.destination({ dest: 2, sync: true }));
+}
+
+function rejectConfigMix(command: string, flags: FlagValues): void {
+  if (flags['config'] === undefined) return;
+  const mixed = Object.keys(flags).filter(
+    (name) => name !== 'config' && name !== 'log-level' && flags[name] !== undefined,
+  );
+  if (mixed.length > 0) {
+    throw new RevtunError(
+      'ERR_USAGE',
+      `revtun ${command}: --config cannot be combined with ${mixed.map((name) => `--${name}`).join(', ')}; put those settings in the file`,
+    );
+  }
+}
+
+async function runInitiator(flags: FlagValues): Promise<Stoppable> {
+  rejectConfigMix('initiator', flags);
+  const logger = makeLogger(flags, 'info');
+  const file = flags['config'];
+  let config;
+  try {
+    config =
+      typeof file === 'string'
+        ? await loadConfigFile(file, 'initiator')
+        : validateInitiatorConfig(initiatorFromFlags(flags));
+  } catch (error) {
+    throw typeof file === 'string' ? error : flagError('initiator', error);
+  }
+  const initiator = await startInitiator(config, { logger });
+  const admin = initiator.addresses.admin;
+  out(
+    `revtun initiator ${config.node_id} (cluster ${config.cluster_id}, tenant ${config.tenant_id}) started`,
+  );
+  for (const cluster of config.remote_clusters) {
+    out(
+      `  dialling ${cluster.name}: ${cluster.hosts.map(formatHostPort).join(', ')} × ${cluster.tunnels_per_host} tunnel(s) each`,
+    );
+  }
+  for (const route of config.local_routes) out(`  local route ${route.prefix} → ${route.target}`);
+  if (admin !== undefined) out(`  admin http://${formatHostPort(admin)}/stats`);
+  return initiator;
+}
+
+async function runResponder(flags: FlagValues): Promise<Stoppable> {
+  rejectConfigMix('responder', flags);
+  const logger = makeLogger(flags, 'info');
+  const file = flags['config'];
+  let config;
+  try {
+    config =
+      typeof file === 'string'
+        ? await loadConfigFile(file, 'responder')
+        : validateResponderConfig(responderFromFlags(flags));
+  } catch (error) {
+    throw typeof file === 'string' ? error : flagError('responder', error);
+  }
+  const responder = await startResponder(config, { logger });
+  const { tunnel, egress, admin } = responder.addresses;
+  out('revtun responder started');
+  out(`  tunnel listener ${formatHostPort(tunnel)}`);
+  for (const address of egress) out(`  egress listener http://${formatHostPort(address)}`);
+  if (admin !== undefined) out(`  admin http://${formatHostPort(admin)}/stats`);
+  if (!['127.0.0.1', '::1', 'localhost'].includes(tunnel.host)) {
+    logger.warn(
+      { address: formatHostPort(tunnel) },
+      'the tunnel listener is reachable from other hosts and no credentials are configured: any initiator can claim any node id',
+    );
+  }
+  return responder;
+}
+
+function portFlag(flags: FlagValues, name: string, fallback: number): number {
+  const value = flags[name];
+  if (value === undefined) return fallback;
+  if (typeof value !== 'string' || !/^\d{1,5}$/.test(value) || Number(value) > 65535) {
+    throw new RevtunError(
+      'ERR_USAGE',
+      `revtun sandbox: --${name}: "${String(value)}" is not a port number (0-65535)`,
+    );
+  }
+  return Number(value);
+}
+
+async function runSandbox(flags: FlagValues): Promise<Stoppable> {
+  const logger = makeLogger(flags, 'warn');
+  const ports: SandboxPorts = {
+    initiatorAdmin: portFlag(flags, 'initiator-admin-port', sandboxDefaultPorts.initiatorAdmin),
+    responderAdmin: portFlag(flags, 'responder-admin-port', sandboxDefaultPorts.responderAdmin),
+    tunnel: portFlag(flags, 'tunnel-port', sandboxDefaultPorts.tunnel),
+    egress: portFlag(flags, 'egress-port', sandboxDefaultPorts.egress),
+    service: portFlag(flags, 'service-port', sandboxDefaultPorts.service),
+  };
+  let sandbox;
+  try {
+    sandbox = await startSandbox(ports, { logger });
+  } catch (error) {
+    if (isRevtunError(error, 'ERR_LISTEN')) {
+      throw new RevtunError(
+        'ERR_LISTEN',
+        `${error.message}\nIs another sandbox running? Pick other ports, e.g. revtun sandbox --initiator-admin-port 18888 --responder-admin-port 18889 --tunnel-port 19000 --egress-port 18085`,
+        { cause: error },
+      );
+    }
+    throw error;
+  }
+  const p = sandbox.ports;
+  out("revtun sandbox: Envoy's reverse-tunnel sandbox on this machine");
+  out(
+    `  demo service       http://127.0.0.1:${p.service}  (the private service, reachable only through the tunnel)`,
+  );
+  out(
+    `  initiator admin    http://127.0.0.1:${p.initiatorAdmin}/stats  (node downstream-node, cluster downstream-cluster)`,
+  );
+  out(`  responder admin    http://127.0.0.1:${p.responderAdmin}/stats`);
+  out(`  tunnel listener    127.0.0.1:${p.tunnel}`);
+  out(`  egress listener    http://127.0.0.1:${p.egress}`);
+  const up = await sandbox.tunnelUp(10_000);
+  out(
+    up
+      ? '  tunnel             established'
+      : '  tunnel             NOT established after 10 s; check the logs on stderr',
+  );
+  out();
+  out('Try, from another shell:');
+  out(`  curl -s localhost:${p.initiatorAdmin}/stats | grep reverse_connection`);
+  out(`  curl -s localhost:${p.responderAdmin}/stats | grep reverse_connections`);
+  out(
+    `  curl -v -H "x-remote-node-id: downstream-node" -H "x-dst-cluster-uuid: downstream-cluster" http://localhost:${p.egress}/downstream_service`,
+  );
+  out(`  curl -H "x-node-id: downstream-node" http://localhost:${p.egress}/downstream_service`);
+  out(
+    `  curl -H "x-cluster-id: downstream-cluster" http://localhost:${p.egress}/downstream_service`,
+  );
+  out();
+  out('Press Ctrl-C to stop.');
+  return sandbox;
+}
+
+async function runDemoService(flags: FlagValues): Promise<Stoppable> {
+  const listenText = typeof flags['listen'] === 'string' ? flags['listen'] : '127.0.0.1:8080';
+  let address;
+  try {
+    address = parseHostPort(listenText, { defaultHost: '127.0.0.1', allowPortZero: true });
+  } catch (error) {
+    throw new RevtunError('ERR_USAGE', `revtun demo-service: --listen: ${describeError(error)}`);
+  }
+  const service = await startDemoService(address);
+  out(`revtun demo service on http://${formatHostPort(service.address)}`);
+  return { close: () => service.close() };
+}
+
+function version(): string {
+  const manifest = JSON.parse(
+    readFileSync(new URL('../../package.json', import.meta.url), 'utf8'),
+  ) as { version: string };
+  return manifest.version;
+}
+
+/** Stops on the first SIGINT/SIGTERM (gracefully), at once on the second. */
+function stopOnSignals(running: Stoppable): void {
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      process.stderr.write(`revtun: ${signal} again, exiting now\n`);
+      process.exit(130);
+    }
+    stopping = true;
+    process.stderr.write(
+      `revtun: ${signal}, stopping (up to ${stopGraceMs / 1000} s for requests in flight)\n`,
+    );
+    running.close({ graceMs: stopGraceMs }).then(
+      () => {
+        // Everything is closed, so the event loop should drain by itself; if a handle is left, say
+        // so and exit anyway: the contract is to leave no process behind.
+        setTimeout(() => {
+          process.stderr.write('revtun: stopped, but a handle was still open; exiting\n');
+          process.exit(0);
+        }, 1_000).unref();
+      },
+      (error: unknown) => {
+        process.stderr.write(`revtun: error while stopping: ${describeError(error)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    out(mainHelp);
+    return name === undefined ? 2 : 0;
+  }
+  if (name === '--version' || name === '-v') {
+    out(version());
+    return 0;
+  }
+  const command = commands[name];
+  if (command === undefined) {
+    process.stderr.write(`revtun: unknown command "${name}"\n\n${mainHelp}`);
+    return 2;
+  }
+  let flags: FlagValues;
+  try {
+    flags = parseArgs({
+      args: rest,
+      options: { ...common, ...command.options },
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (error) {
+    process.stderr.write(`revtun ${name}: ${describeError(error)}; see revtun ${name} --help\n`);
+    return 2;
+  }
+  if (flags['help'] === true) {
+    out(command.help);
+    return 0;
+  }
+  try {
+    stopOnSignals(await command.run(flags));
+    return -1;
+  } catch (error) {
+    process.stderr.write(
+      `revtun ${name}: ${isRevtunError(error) ? error.message : describeError(error)}\n`,
+    );
+    return isRevtunError(error, 'ERR_USAGE') ? 2 : 1;
+  }
+}
+
+const code = await main(process.argv.slice(2));
+if (code >= 0) process.exitCode = code;
