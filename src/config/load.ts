@@ -101,15 +101,27 @@ export function parseConfigText(
       })),
     );
   }
-  const result = schemas[role].safeParse(document.toJS() ?? {});
-  if (result.success) return seal(result.data);
+  let input: unknown;
+  try {
+    // yaml caps alias expansion (maxAliasCount 100) and throws on an unresolved alias.
+    input = document.toJS() ?? {};
+  } catch (error) {
+    throw new ConfigError(source, [{ path: '', message: (error as Error).message }]);
+  }
+  const schema = schemas[role];
+  const result = schema.safeParse(input);
+  if (result.success) return seal(result.data, schema);
   throw new ConfigError(
     source,
-    result.error.issues.flatMap((issue) => describeIssue(issue, document.contents, at)),
+    result.error.issues.flatMap((issue) => describeIssue(issue, input, document.contents, at)),
   );
 }
 
-/** Validates a config object (the library entry point); errors name key paths only. */
+/**
+ * Validates a config object (the library entry point); errors name key paths only. A config that
+ * this module returned is taken as it is; a copy of one is not (its durations are already numbers
+ * of ms): change the input and validate that instead.
+ */
 export function validateInitiatorConfig(
   input: InitiatorConfigInput | InitiatorConfig,
 ): InitiatorConfig {
@@ -122,18 +134,18 @@ export function validateResponderConfig(
   return validateObject(responderSchema, input);
 }
 
-/** Configs this module produced: already validated, with durations in ms and defaults applied. */
-const validated = new WeakSet<object>();
+/** Configs this module produced, with the schema that passed them. */
+const validated = new WeakMap<object, z.ZodType>();
 
 function validateObject<S extends z.ZodType>(schema: S, input: unknown): DeepFrozen<z.output<S>> {
-  if (typeof input === 'object' && input !== null && validated.has(input)) {
+  if (typeof input === 'object' && input !== null && validated.get(input) === schema) {
     return input as DeepFrozen<z.output<S>>;
   }
   const result = schema.safeParse(input);
-  if (result.success) return seal(result.data);
+  if (result.success) return seal(result.data, schema);
   throw new ConfigError(
     '<config>',
-    result.error.issues.flatMap((issue) => describeIssue(issue, null, () => ({}))),
+    result.error.issues.flatMap((issue) => describeIssue(issue, input, null, () => ({}))),
   );
 }
 
@@ -141,6 +153,7 @@ type Position = { line?: number; column?: number };
 
 function describeIssue(
   issue: z.core.$ZodIssue,
+  input: unknown,
   root: unknown,
   at: (offset: number | undefined) => Position,
 ): ConfigProblem[] {
@@ -154,7 +167,7 @@ function describeIssue(
   }
   const node = nodeAt(root, path);
   let message = issue.message;
-  if (issue.code === 'invalid_type' && node === undefined) message = 'is required';
+  if (issue.code === 'invalid_type' && valueAt(input, path) === undefined) message = 'is required';
   return [
     {
       path: formatPath(path),
@@ -186,6 +199,15 @@ function nodeAt(root: unknown, path: ReadonlyArray<string | number>): Node | und
   return (node ?? undefined) as Node | undefined;
 }
 
+function valueAt(input: unknown, path: ReadonlyArray<string | number>): unknown {
+  let value = input;
+  for (const key of path) {
+    if (typeof value !== 'object' || value === null) return undefined;
+    value = (value as Record<string | number, unknown>)[key];
+  }
+  return value;
+}
+
 /** The deepest node that exists on the way to `path`, to place "is required" problems. */
 function nearestNode(root: unknown, path: ReadonlyArray<string | number>): Node | undefined {
   for (let length = path.length; length >= 0; length -= 1) {
@@ -206,9 +228,9 @@ function keyNode(
   return pair?.key as Node | undefined;
 }
 
-function seal<T>(value: T): DeepFrozen<T> {
+function seal<T>(value: T, schema: z.ZodType): DeepFrozen<T> {
   const frozen = deepFreeze(value);
-  validated.add(frozen as object);
+  validated.set(frozen as object, schema);
   return frozen;
 }
 

@@ -89,7 +89,8 @@ const localTarget = z.string().transform((text, context) => {
     context.addIssue({ code: 'custom', message: `"${text}": only http:// targets are supported` });
     return z.NEVER;
   }
-  if (url.pathname !== '/' || url.search !== '' || url.hash !== '' || url.username !== '') {
+  const credentials = url.username !== '' || url.password !== '';
+  if (url.pathname !== '/' || url.search !== '' || url.hash !== '' || credentials) {
     context.addIssue({
       code: 'custom',
       message: `"${text}" must be an origin (http://host:port) with no path, query or credentials`,
@@ -188,6 +189,7 @@ export const responderSchema = z.strictObject({
     request_method: z
       .string()
       .regex(/^[A-Za-z]+$/, 'must be an HTTP method, e.g. GET')
+      .transform((method) => method.toUpperCase())
       .default(defaultRequestMethod),
     header_prefix: headerPrefix,
     /** From the first byte to a complete handshake request (Envoy [latest]: 10 s). */

@@ -5,11 +5,13 @@
  * `stream.pipeline` and HTTP/2 flow control, never buffered whole.
  */
 import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import { PassThrough } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Pool, type Dispatcher } from 'undici';
 import type { LocalRouteConfig } from '../config/schema.ts';
 import { describeError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
+import { watchEndStream } from '../shared/http2-stream.ts';
 import type { Logger } from '../shared/logger.ts';
 
 interface Route {
@@ -76,6 +78,7 @@ export class LocalRouter {
     const authority = headers[':authority'];
     if (authority !== undefined) forwarded['host'] = authority;
     const hasBody = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) === 0;
+    const body = hasBody ? requestBody(stream) : null;
     const abort = new AbortController();
     const onClose = () => abort.abort();
     stream.once('close', onClose);
@@ -85,7 +88,7 @@ export class LocalRouter {
         path,
         method,
         headers: forwarded,
-        body: hasBody ? stream : null,
+        body,
         signal: abort.signal,
       });
     } catch (error) {
@@ -114,8 +117,31 @@ export class LocalRouter {
         { target: route.target, path, err: error },
         'local response not fully forwarded',
       );
+      return;
     }
+    // A complete response while the request body is still coming: ask the responder to stop
+    // sending it (RST_STREAM NO_ERROR after END_STREAM, RFC 9113 §8.1).
+    if (!stream.readableEnded && !stream.closed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
   }
+}
+
+/**
+ * The request body as undici's `body`. Not the stream itself: undici destroys its body stream once
+ * it has sent it, and destroying an HTTP/2 stream resets both directions, which would cut off the
+ * response. A pipe (no destroy propagation) keeps HTTP/2 flow control as the backpressure. The body
+ * ends only at END_STREAM; a reset fails it, so the local service never takes a cut-off upload for
+ * a whole one.
+ */
+function requestBody(stream: ServerHttp2Stream): PassThrough {
+  const body = new PassThrough();
+  const receivedEndStream = watchEndStream(stream);
+  stream.pipe(body, { end: false });
+  stream.once('end', () => {
+    if (receivedEndStream()) body.end();
+    else body.destroy(new Error('the responder reset the request before its end'));
+  });
+  stream.once('error', (error) => body.destroy(error));
+  return body;
 }
 
 function respondText(stream: ServerHttp2Stream, status: number, message: string): void {

@@ -13,6 +13,7 @@ import type { EgressListenerConfig } from '../config/schema.ts';
 import type { HostPort } from '../shared/address.ts';
 import { describeError, RevtunError, isRevtunError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
+import { resetStream, watchEndStream } from '../shared/http2-stream.ts';
 import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { TunnelRegistry } from './registry.ts';
@@ -177,9 +178,11 @@ async function forward(
     );
     return;
   }
-  // The caller went away: cancel the stream (RST_STREAM CANCEL) so the initiator stops too.
+  const receivedEndStream = watchEndStream(stream);
+  // The caller went away, or its upload is still going when the response is complete: reset the
+  // stream so the initiator stops too, without ever marking a partial upload complete.
   response.on('close', () => {
-    if (!stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL);
+    if (!stream.closed) resetStream(stream, http2.constants.NGHTTP2_CANCEL, 'the caller went away');
   });
   const upload = withBody
     ? pipeline(request, stream).catch((error: unknown) => {
@@ -195,8 +198,11 @@ async function forward(
     });
     response.writeHead(status, out);
     await pipeline(stream, response, { end: false });
-    if (!endedCleanly(stream)) {
-      throw new RevtunError('ERR_TUNNEL_FAILED', `stream closed with code ${stream.rstCode}`);
+    if (!receivedEndStream()) {
+      throw new RevtunError(
+        'ERR_TUNNEL_FAILED',
+        `stream closed with code ${stream.rstCode} before END_STREAM`,
+      );
     }
     response.end();
   } catch (error) {
@@ -213,7 +219,7 @@ async function forward(
         `the tunnel to node ${session.identity.nodeId} failed before the response: ${describeError(error)}`,
       );
     }
-    if (!stream.destroyed) stream.destroy();
+    resetStream(stream, http2.constants.NGHTTP2_CANCEL, 'the response failed');
   }
   await upload;
 }
@@ -249,12 +255,4 @@ function responseOf(
     stream.on('error', onError);
     stream.on('close', onClose);
   });
-}
-
-/**
- * Node ends a stream's readable side both on END_STREAM and when the session dies under it
- * (then with rstCode CANCEL), so 'end' alone does not mean the response is complete.
- */
-function endedCleanly(stream: ClientHttp2Stream): boolean {
-  return stream.rstCode === undefined || stream.rstCode === http2.constants.NGHTTP2_NO_ERROR;
 }

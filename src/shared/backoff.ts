@@ -8,7 +8,7 @@ export interface BackoffOptions {
   readonly baseMs: number;
   /** Cap, ms (`max_reconnect_backoff`). Envoy default 30 s, minimum 1 s. */
   readonly maxMs: number;
-  /** Extra random delay as a fraction of the delay, [0, jitter). */
+  /** Extra random delay, up to this fraction of the delay (0.15 adds 0–15 %). */
   readonly jitter: number;
   readonly random?: () => number;
 }

@@ -3,7 +3,8 @@
  * net/http/httputil.ReverseProxy's (reverseproxy.go, hopHeaders), plus every field the Connection
  * header names. They are also exactly the "connection-specific" fields that HTTP/2 forbids
  * (RFC 9113 §8.2.2), so the same filter serves both directions of the tunnel. `te: trailers` is the
- * one TE value HTTP/2 allows; it is kept so that gRPC and other trailer users work end to end.
+ * one TE value HTTP/2 allows; it is kept (and any other TE token dropped) so that gRPC and other
+ * trailer users work end to end.
  */
 const hopByHop = new Set([
   'connection',
@@ -30,15 +31,19 @@ export function forEachEndToEndHeader(
   const named = connectionTokens(headers['connection']);
   for (const name of Object.keys(headers)) {
     const value = headers[name];
-    if (value === undefined || name.startsWith(':') || named?.has(name) === true) continue;
-    if (hopByHop.has(name)) {
-      if (name === 'te' && isTrailersOnly(value)) keep(name, 'trailers');
+    if (value === undefined || name.startsWith(':')) continue;
+    // Checked before the Connection-named fields: an HTTP/1.1 client that sends TE must also list
+    // it in Connection (RFC 9110 §10.1.4), and `trailers` must still reach the origin (as Go does).
+    if (name === 'te') {
+      if (connectionTokens(value)?.has('trailers') === true) keep(name, 'trailers');
       continue;
     }
+    if (named?.has(name) === true || hopByHop.has(name)) continue;
     keep(name, typeof value === 'number' ? String(value) : value);
   }
 }
 
+/** The comma-separated tokens of a header, lower-cased (for Connection and TE). */
 function connectionTokens(value: HeaderValue): Set<string> | undefined {
   if (value === undefined) return undefined;
   const text = Array.isArray(value) ? value.join(',') : String(value);
@@ -48,9 +53,4 @@ function connectionTokens(value: HeaderValue): Set<string> | undefined {
       .map((token) => token.trim().toLowerCase())
       .filter(Boolean),
   );
-}
-
-function isTrailersOnly(value: HeaderValue): boolean {
-  const text = Array.isArray(value) ? value.join(',') : String(value);
-  return text.split(',').every((token) => token.trim().toLowerCase() === 'trailers');
 }

@@ -1,0 +1,717 @@
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import {
+  ConfigError,
+  loadConfigFile,
+  parseConfigText,
+  validateInitiatorConfig,
+  validateResponderConfig,
+  type ConfigProblem,
+  type Role,
+} from './load.ts';
+import type { InitiatorConfigInput, ResponderConfigInput } from './schema.ts';
+import { isRevtunError } from '../shared/errors.ts';
+
+const repoRoot = path.join(import.meta.dirname, '..', '..');
+const fixtureRoot = path.join(repoRoot, 'test', 'fixtures', 'config');
+
+/**
+ * A problem a fixture expects, from a header line `# expect: <line>:<col> <text>`, or
+ * `# expect: - <text>` for a problem with no place in the file (e.g. in an empty document).
+ * `text` must occur in the formatted `path: message` after the position.
+ */
+interface Expectation {
+  readonly line: number | undefined;
+  readonly column: number | undefined;
+  readonly text: string;
+}
+
+interface Fixture {
+  readonly file: string;
+  readonly role: Role;
+  readonly expectations: readonly Expectation[];
+}
+
+function readFixture(file: string): Fixture {
+  const header = [];
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    if (!line.startsWith('#')) break;
+    header.push(line);
+  }
+  let role: Role | undefined;
+  const expectations: Expectation[] = [];
+  for (const line of header) {
+    const roleMatch = /^# role: (initiator|responder)$/.exec(line);
+    if (roleMatch !== null) role = roleMatch[1] as Role;
+    const expectMatch = /^# expect: (?:(\d+):(\d+)|-) (.+)$/.exec(line);
+    if (expectMatch !== null) {
+      expectations.push({
+        line: expectMatch[1] === undefined ? undefined : Number(expectMatch[1]),
+        column: expectMatch[2] === undefined ? undefined : Number(expectMatch[2]),
+        text: expectMatch[3] as string,
+      });
+    }
+  }
+  if (role === undefined) throw new Error(`${file} has no "# role: initiator|responder" line`);
+  return { file, role, expectations };
+}
+
+function fixturesIn(kind: 'valid' | 'invalid'): Fixture[] {
+  const directory = path.join(fixtureRoot, kind);
+  return readdirSync(directory)
+    .filter((name) => name.endsWith('.yaml'))
+    .sort()
+    .map((name) => readFixture(path.join(directory, name)));
+}
+
+function describeProblem(problem: ConfigProblem): string {
+  return problem.path === '' ? problem.message : `${problem.path}: ${problem.message}`;
+}
+
+function configErrorOf(run: () => unknown): ConfigError {
+  try {
+    run();
+  } catch (error) {
+    assert.ok(error instanceof ConfigError, `expected a ConfigError, got ${String(error)}`);
+    return error;
+  }
+  assert.fail('expected a ConfigError, but the config was accepted');
+}
+
+async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise;
+  } catch (error) {
+    return error;
+  }
+  assert.fail('expected a rejection, but the promise resolved');
+}
+
+/** The `file:line:col: path: message` lines of a ConfigError message. */
+function problemLines(error: ConfigError): string[] {
+  return error.message
+    .split('\n')
+    .slice(1)
+    .map((line) => line.trim());
+}
+
+const initiatorYaml = `node_id: n
+cluster_id: c
+tenant_id: t
+remote_clusters:
+  - name: r
+    hosts: [127.0.0.1:9000]
+local_routes:
+  - prefix: /
+    target: http://127.0.0.1:8080
+`;
+
+const initiatorObject = {
+  node_id: 'n',
+  cluster_id: 'c',
+  tenant_id: 't',
+  remote_clusters: [{ name: 'r', hosts: ['127.0.0.1:9000'] }],
+  local_routes: [{ prefix: '/', target: 'http://127.0.0.1:8080' }],
+} satisfies InitiatorConfigInput;
+
+const responderObject = {
+  tunnel_listener: { address: '127.0.0.1:9000' },
+  egress_listeners: [{ address: '127.0.0.1:8085' }],
+} satisfies ResponderConfigInput;
+
+describe('config fixtures', () => {
+  for (const fixture of fixturesIn('valid')) {
+    const name = path.basename(fixture.file);
+
+    it(`loads valid/${name} as a ${fixture.role} config`, async () => {
+      const config = await loadConfigFile(fixture.file, fixture.role);
+      assert.ok(Object.isFrozen(config));
+    });
+
+    it(`rejects valid/${name} when it is read for the other role`, async () => {
+      const other = fixture.role === 'initiator' ? 'responder' : 'initiator';
+      const error = await rejectionOf(loadConfigFile(fixture.file, other));
+      assert.ok(error instanceof ConfigError);
+    });
+  }
+
+  for (const fixture of fixturesIn('invalid')) {
+    const name = path.basename(fixture.file);
+
+    it(`rejects invalid/${name} with exactly the problems its header lists`, async () => {
+      assert.ok(fixture.expectations.length > 0, `${name} has no "# expect:" line`);
+      const error = await rejectionOf(loadConfigFile(fixture.file, fixture.role));
+      assert.ok(error instanceof ConfigError, `expected a ConfigError, got ${String(error)}`);
+      assert.equal(error.code, 'ERR_CONFIG_INVALID');
+      const lines = problemLines(error);
+      assert.equal(lines.length, fixture.expectations.length, error.message);
+      assert.equal(error.problems.length, fixture.expectations.length, error.message);
+      for (const expected of fixture.expectations) {
+        const where =
+          expected.line === undefined
+            ? `${fixture.file}: `
+            : `${fixture.file}:${expected.line}:${expected.column}: `;
+        assert.ok(
+          lines.some(
+            (line) => line.startsWith(where) && line.includes(expected.text, where.length),
+          ),
+          `expected "${where}…${expected.text}…" in\n${error.message}`,
+        );
+        assert.ok(
+          error.problems.some(
+            (problem) =>
+              problem.line === expected.line &&
+              problem.column === expected.column &&
+              describeProblem(problem).includes(expected.text),
+          ),
+          `expected a problem at ${expected.line}:${expected.column} with "${expected.text}"`,
+        );
+      }
+    });
+  }
+});
+
+describe('example configs', () => {
+  const examples = readdirSync(path.join(repoRoot, 'examples'), {
+    recursive: true,
+    encoding: 'utf8',
+  })
+    .filter((name) => name.endsWith('.yaml'))
+    .sort();
+
+  it('include the sandbox initiator and responder', () => {
+    assert.ok(examples.includes(path.join('sandbox', 'initiator.yaml')), examples.join(', '));
+    assert.ok(examples.includes(path.join('sandbox', 'responder.yaml')), examples.join(', '));
+  });
+
+  for (const example of examples) {
+    it(`parses examples/${example} for the role in its name`, async () => {
+      const name = path.basename(example);
+      const role: Role | undefined = name.includes('initiator')
+        ? 'initiator'
+        : name.includes('responder')
+          ? 'responder'
+          : undefined;
+      assert.ok(role !== undefined, `cannot tell the role of examples/${example} from its name`);
+      const config = await loadConfigFile(path.join(repoRoot, 'examples', example), role);
+      assert.ok(Object.isFrozen(config));
+    });
+  }
+});
+
+describe('parseConfigText', () => {
+  it('applies every initiator default', () => {
+    assert.deepEqual(parseConfigText(initiatorYaml, 'initiator'), {
+      node_id: 'n',
+      cluster_id: 'c',
+      tenant_id: 't',
+      stat_prefix: 'reverse_tunnel_initiator',
+      handshake: {
+        request_path: '/reverse_connections/request',
+        header_prefix: 'x-envoy',
+        timeout: 10_000,
+      },
+      max_reconnect_backoff: 30_000,
+      max_concurrent_streams: 256,
+      remote_clusters: [
+        { name: 'r', hosts: [{ host: '127.0.0.1', port: 9000 }], tunnels_per_host: 1 },
+      ],
+      local_routes: [{ prefix: '/', target: 'http://127.0.0.1:8080', max_connections: 128 }],
+    });
+  });
+
+  it('applies every responder default', () => {
+    const text =
+      'tunnel_listener:\n  address: 0.0.0.0:9000\negress_listeners:\n  - address: 127.0.0.1:8085\n';
+    assert.deepEqual(parseConfigText(text, 'responder'), {
+      stat_prefix: 'reverse_tunnel_acceptor',
+      tunnel_listener: {
+        address: { host: '0.0.0.0', port: 9000 },
+        request_path: '/reverse_connections/request',
+        request_method: 'GET',
+        header_prefix: 'x-envoy',
+        handshake_timeout: 10_000,
+        max_handshake_bytes: 8192,
+        max_pending_handshakes: 1024,
+        max_pending_handshakes_per_source: 64,
+        ping_interval: 2000,
+        ping_failure_threshold: 3,
+      },
+      egress_listeners: [
+        {
+          address: { host: '127.0.0.1', port: 8085 },
+          host_id_headers: ['x-node-id', 'x-remote-node-id', 'x-cluster-id', 'x-dst-cluster-uuid'],
+          routes: [{ prefix: '/' }],
+          request_timeout: 300_000,
+        },
+      ],
+    });
+  });
+
+  it('turns every set initiator value into its typed form', async () => {
+    const config = await loadConfigFile(
+      path.join(fixtureRoot, 'valid', 'initiator-full.yaml'),
+      'initiator',
+    );
+    assert.deepEqual(config, {
+      node_id: 'edge.node_01',
+      cluster_id: 'edge-cluster',
+      tenant_id: 'Tenant.A',
+      stat_prefix: 'edge_reverse_connection',
+      admin: { address: { host: '127.0.0.1', port: 0 } },
+      handshake: { request_path: '/custom/handshake', header_prefix: 'x-acme', timeout: 1500 },
+      max_reconnect_backoff: 120_000,
+      max_concurrent_streams: 10_000,
+      remote_clusters: [
+        {
+          name: 'upstream-a',
+          hosts: [
+            { host: 'upstream-a.example.com', port: 9000 },
+            { host: '10.0.0.2', port: 9000 },
+          ],
+          tunnels_per_host: 4,
+        },
+      ],
+      local_routes: [{ prefix: '/api', target: 'http://localhost:3000', max_connections: 1 }],
+    });
+  });
+
+  it('turns every set responder value into its typed form', async () => {
+    const config = await loadConfigFile(
+      path.join(fixtureRoot, 'valid', 'responder-full.yaml'),
+      'responder',
+    );
+    assert.deepEqual(config, {
+      stat_prefix: 'edge_acceptor',
+      admin: { address: { host: '::1', port: 8889 } },
+      tunnel_listener: {
+        address: { host: '::', port: 9000 },
+        request_path: '/tunnels',
+        request_method: 'POST',
+        header_prefix: 'x-acme',
+        handshake_timeout: 100,
+        max_handshake_bytes: 65_536,
+        max_pending_handshakes: 100_000,
+        max_pending_handshakes_per_source: 1,
+        ping_interval: 300_000,
+        ping_failure_threshold: 100,
+      },
+      egress_listeners: [
+        {
+          address: { host: '127.0.0.1', port: 8085 },
+          host_id_headers: ['x-tenant-node'],
+          routes: [
+            { prefix: '/special', host_id_headers: ['x-special-node', 'x-node-id'] },
+            { prefix: '/' },
+          ],
+          request_timeout: 3_600_000,
+        },
+      ],
+    });
+  });
+
+  it('keeps IPv6 hosts without brackets and local targets as bare origins', async () => {
+    const config = await loadConfigFile(
+      path.join(fixtureRoot, 'valid', 'initiator-ipv6-many-clusters.yaml'),
+      'initiator',
+    );
+    assert.deepEqual(config.remote_clusters[0]?.hosts, [
+      { host: '::1', port: 9000 },
+      { host: '2001:db8::10', port: 65_535 },
+    ]);
+    assert.equal(config.remote_clusters[1]?.tunnels_per_host, 0);
+    assert.deepEqual(
+      config.local_routes.map((route) => route.target),
+      ['http://[::1]:8081', 'http://127.0.0.1:8080', 'http://127.0.0.1:8079'],
+    );
+  });
+
+  it('returns a config frozen all the way down', () => {
+    const config = parseConfigText(initiatorYaml, 'initiator');
+    assert.ok(Object.isFrozen(config));
+    assert.ok(Object.isFrozen(config.handshake));
+    assert.ok(Object.isFrozen(config.remote_clusters));
+    assert.ok(Object.isFrozen(config.remote_clusters[0]?.hosts[0]));
+    assert.throws(() => {
+      (config as { node_id: string }).node_id = 'other';
+    }, TypeError);
+    assert.throws(() => {
+      (config.local_routes as unknown[]).push({});
+    }, TypeError);
+  });
+
+  it('reports every problem at once, sorted by place in the file', () => {
+    const text = `local_routes:
+  - prefix: /
+    target: ftp://127.0.0.1:21
+node_id: "bad id"
+cluster_id: c
+tenant_id: t
+remote_clusters:
+  - name: r
+    hosts: [127.0.0.1:9000]
+`;
+    const error = configErrorOf(() => parseConfigText(text, 'initiator', 'mixed.yaml'));
+    assert.equal(
+      error.message,
+      'invalid configuration (2 problems):\n' +
+        '  mixed.yaml:3:13: local_routes[0].target: "ftp://127.0.0.1:21": only http:// targets are supported\n' +
+        '  mixed.yaml:4:10: node_id: must be 1-128 characters of [A-Za-z0-9._-]',
+    );
+  });
+
+  it('says "1 problem" in the singular', () => {
+    const error = configErrorOf(() =>
+      parseConfigText(initiatorYaml.replace('node_id: n', 'node_id: a@b'), 'initiator', 'one.yaml'),
+    );
+    assert.equal(
+      error.message,
+      'invalid configuration (1 problem):\n' +
+        '  one.yaml:1:10: node_id: must be 1-128 characters of [A-Za-z0-9._-]',
+    );
+  });
+
+  it('names the source <config> when none is given', () => {
+    const error = configErrorOf(() => parseConfigText('node_id: [', 'initiator'));
+    assert.match(problemLines(error)[0] ?? '', /^<config>:1:\d+: /);
+  });
+
+  it('is a RevtunError with the config code and status 500', () => {
+    const error = configErrorOf(() => parseConfigText('', 'responder'));
+    assert.ok(isRevtunError(error, 'ERR_CONFIG_INVALID'));
+    assert.equal(error.status, 500);
+  });
+
+  it('reads an initiator config for the responder role as unknown keys', () => {
+    const error = configErrorOf(() => parseConfigText(initiatorYaml, 'responder', 'i.yaml'));
+    assert.deepEqual(error.problems.map(describeProblem).sort(), [
+      'cluster_id: unknown key "cluster_id"',
+      'egress_listeners: is required',
+      'local_routes: unknown key "local_routes"',
+      'node_id: unknown key "node_id"',
+      'remote_clusters: unknown key "remote_clusters"',
+      'tenant_id: unknown key "tenant_id"',
+      'tunnel_listener: is required',
+    ]);
+  });
+
+  it('reports a document that is not a map at its first line', () => {
+    const error = configErrorOf(() => parseConfigText('- a\n', 'responder', 'list.yaml'));
+    assert.equal(error.problems.length, 1);
+    assert.equal(error.problems[0]?.path, '');
+    assert.equal(error.problems[0]?.line, 1);
+    assert.match(error.message, /list\.yaml:1:1: .*expected object/);
+  });
+
+  it('refuses a second YAML document in the same file', () => {
+    const error = configErrorOf(() => parseConfigText(`${initiatorYaml}---\na: 1\n`, 'initiator'));
+    assert.match(error.message, /multiple documents/);
+  });
+
+  it('refuses YAML merge keys as unknown keys', () => {
+    const error = configErrorOf(() =>
+      parseConfigText(`${initiatorYaml}<<: {stat_prefix: s}\n`, 'initiator'),
+    );
+    assert.deepEqual(error.problems.map(describeProblem), ['<<: unknown key "<<"']);
+  });
+
+  const durations: Array<[string, number]> = [
+    ['100ms', 100],
+    ['250ms', 250],
+    ['1.5s', 1500],
+    ['2s', 2000],
+    ['5m', 300_000],
+  ];
+  for (const [text, ms] of durations) {
+    it(`reads a handshake timeout of ${text} as ${ms} ms`, () => {
+      const config = parseConfigText(
+        `${initiatorYaml}handshake:\n  timeout: ${text}\n`,
+        'initiator',
+      );
+      assert.equal(config.handshake.timeout, ms);
+    });
+  }
+
+  const outOfRange: Array<[string, string, string]> = [
+    ['handshake:\n  timeout: 99ms', 'handshake.timeout', 'must be between 100 ms and 300000 ms'],
+    [
+      'handshake:\n  timeout: 300001ms',
+      'handshake.timeout',
+      'must be between 100 ms and 300000 ms',
+    ],
+    ['max_reconnect_backoff: 999ms', 'max_reconnect_backoff', 'must be between 1000 ms'],
+    ['max_reconnect_backoff: 61m', 'max_reconnect_backoff', 'and 3600000 ms'],
+  ];
+  for (const [yaml, key, message] of outOfRange) {
+    it(`refuses ${yaml.replace('\n ', '')} as out of range`, () => {
+      const error = configErrorOf(() => parseConfigText(`${initiatorYaml}${yaml}\n`, 'initiator'));
+      assert.equal(error.problems.length, 1);
+      assert.equal(error.problems[0]?.path, key);
+      assert.ok(error.problems[0]?.message.includes(message), error.message);
+    });
+  }
+
+  const integers: Array<[string, string]> = [
+    ['max_concurrent_streams: 0', 'max_concurrent_streams'],
+    ['max_concurrent_streams: 10001', 'max_concurrent_streams'],
+    ['max_concurrent_streams: 1.5', 'max_concurrent_streams'],
+    ['max_concurrent_streams: "256"', 'max_concurrent_streams'],
+  ];
+  for (const [yaml, key] of integers) {
+    it(`refuses ${yaml}`, () => {
+      const error = configErrorOf(() => parseConfigText(`${initiatorYaml}${yaml}\n`, 'initiator'));
+      assert.deepEqual(
+        error.problems.map((problem) => problem.path),
+        [key],
+      );
+    });
+  }
+
+  const targets: Array<[string, RegExp]> = [
+    ['http://127.0.0.1:8080?x=1', /must be an origin/],
+    ['http://user@127.0.0.1:8080', /must be an origin/],
+    ['http://127.0.0.1:8080#top', /must be an origin/],
+    ['ws://127.0.0.1:8080', /only http:\/\/ targets/],
+    ['not a url', /is not a URL/],
+  ];
+  for (const [target, message] of targets) {
+    it(`refuses the local target ${target}`, () => {
+      const text = initiatorYaml.replace('http://127.0.0.1:8080', JSON.stringify(target));
+      const error = configErrorOf(() => parseConfigText(text, 'initiator'));
+      assert.equal(error.problems.length, 1);
+      assert.equal(error.problems[0]?.path, 'local_routes[0].target');
+      assert.match(error.problems[0]?.message ?? '', message);
+    });
+  }
+
+  it('refuses a route repeated with the same prefix', () => {
+    const text = `${initiatorYaml}  - prefix: /\n    target: http://127.0.0.1:8081\n`;
+    const error = configErrorOf(() => parseConfigText(text, 'initiator'));
+    assert.deepEqual(
+      error.problems.map((problem) => problem.path),
+      ['local_routes[1].prefix'],
+    );
+  });
+
+  it('treats a prefix as a string prefix, so /ab after /a is shadowed', () => {
+    const text =
+      initiatorYaml.replace('prefix: /', 'prefix: /a') +
+      '  - prefix: /ab\n    target: http://127.0.0.1:8081\n';
+    const error = configErrorOf(() => parseConfigText(text, 'initiator'));
+    assert.match(
+      error.problems[0]?.message ?? '',
+      /prefix "\/ab" can never match: route 0 \("\/a"\)/,
+    );
+  });
+
+  it('refuses an upper-case host id header', () => {
+    const text = `tunnel_listener:\n  address: 127.0.0.1:9000\negress_listeners:\n  - address: 127.0.0.1:8085\n    host_id_headers: [X-Node-Id]\n`;
+    const error = configErrorOf(() => parseConfigText(text, 'responder', 'r.yaml'));
+    assert.deepEqual(problemLines(error), [
+      'r.yaml:5:23: egress_listeners[0].host_id_headers[0]: must be a lower-case HTTP header name',
+    ]);
+  });
+
+  it('reports a key present with no value as the wrong type, at the value', () => {
+    const error = configErrorOf(() =>
+      parseConfigText(initiatorYaml.replace('node_id: n', 'node_id:'), 'initiator'),
+    );
+    assert.equal(error.problems.length, 1);
+    assert.equal(error.problems[0]?.path, 'node_id');
+    assert.equal(error.problems[0]?.line, 1);
+    assert.match(error.problems[0]?.message ?? '', /expected string, received null/);
+  });
+
+  it('reports a YAML alias bomb as a ConfigError', () => {
+    const bomb = [
+      'a: &a [x, x, x, x, x, x, x, x, x, x]',
+      'b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]',
+      'c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]',
+      'd: [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]',
+    ].join('\n');
+    configErrorOf(() => parseConfigText(bomb, 'initiator'));
+  });
+
+  it('reports an alias to a missing anchor as a ConfigError', () => {
+    configErrorOf(() => parseConfigText('node_id: *nowhere\n', 'initiator'));
+  });
+
+  it('refuses a local target with a password but no user name', () => {
+    const text = initiatorYaml.replace('http://127.0.0.1:8080', 'http://:secret@127.0.0.1:8080');
+    configErrorOf(() => parseConfigText(text, 'initiator'));
+  });
+});
+
+describe('validateInitiatorConfig', () => {
+  it('takes durations as strings and returns them in ms', () => {
+    const config = validateInitiatorConfig({
+      ...initiatorObject,
+      handshake: { timeout: '250ms' },
+      max_reconnect_backoff: '1m',
+    });
+    assert.equal(config.handshake.timeout, 250);
+    assert.equal(config.max_reconnect_backoff, 60_000);
+    assert.deepEqual(config.remote_clusters[0]?.hosts, [{ host: '127.0.0.1', port: 9000 }]);
+  });
+
+  it('returns a config it produced as it is', () => {
+    const config = validateInitiatorConfig(initiatorObject);
+    assert.equal(validateInitiatorConfig(config), config);
+  });
+
+  it('accepts a config parsed from YAML as it is', () => {
+    const config = parseConfigText(initiatorYaml, 'initiator');
+    assert.equal(validateInitiatorConfig(config), config);
+  });
+
+  it('names key paths but no file positions in its problems', () => {
+    const error = configErrorOf(() =>
+      validateInitiatorConfig({
+        ...initiatorObject,
+        remote_clusters: [{ name: 'r', hosts: ['127.0.0.1'] }],
+        extra: true,
+      } as InitiatorConfigInput),
+    );
+    assert.deepEqual(error.problems, [
+      {
+        path: 'remote_clusters[0].hosts[0]',
+        message: 'invalid address "127.0.0.1": expected host:port',
+      },
+      { path: 'extra', message: 'unknown key "extra"' },
+    ]);
+    assert.deepEqual(
+      problemLines(error).map((line) => line.slice(0, '<config>: '.length)),
+      ['<config>: ', '<config>: '],
+    );
+  });
+
+  it('accepts any identifier of 1 to 128 characters of [A-Za-z0-9._-]', () => {
+    fc.assert(
+      fc.property(fc.stringMatching(/^[A-Za-z0-9._-]{1,128}$/), (id) => {
+        const config = validateInitiatorConfig({ ...initiatorObject, node_id: id, tenant_id: id });
+        assert.equal(config.node_id, id);
+        assert.equal(config.tenant_id, id);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('refuses any identifier with a character outside [A-Za-z0-9._-]', () => {
+    const allowed = fc.stringMatching(/^[A-Za-z0-9._-]{0,20}$/);
+    const forbidden = fc.constantFrom(':', '@', ' ', '/', '\t', '\n', 'é', '*', '%');
+    fc.assert(
+      fc.property(allowed, forbidden, allowed, (before, bad, after) => {
+        const id = `${before}${bad}${after}`;
+        const error = configErrorOf(() =>
+          validateInitiatorConfig({ ...initiatorObject, cluster_id: id }),
+        );
+        assert.deepEqual(
+          error.problems.map((problem) => problem.path),
+          ['cluster_id'],
+        );
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('refuses an identifier of 129 characters', () => {
+    const error = configErrorOf(() =>
+      validateInitiatorConfig({ ...initiatorObject, node_id: 'a'.repeat(129) }),
+    );
+    assert.deepEqual(
+      error.problems.map((problem) => problem.path),
+      ['node_id'],
+    );
+  });
+
+  it('reports a value of the wrong type as the wrong type, not as missing', () => {
+    const error = configErrorOf(() =>
+      validateInitiatorConfig({
+        ...initiatorObject,
+        node_id: 42,
+      } as unknown as InitiatorConfigInput),
+    );
+    assert.doesNotMatch(error.message, /is required/);
+  });
+
+  it('refuses an edited copy of a config it produced, saying what the values should look like', () => {
+    const config = validateInitiatorConfig(initiatorObject);
+    const error = configErrorOf(() => validateInitiatorConfig({ ...config, node_id: 'other' }));
+    assert.doesNotMatch(error.message, /is required/);
+    assert.match(error.message, /handshake\.timeout: must be a duration with a unit/);
+  });
+});
+
+describe('validateResponderConfig', () => {
+  it('accepts port 0 on listeners', () => {
+    const config = validateResponderConfig({
+      admin: { address: '127.0.0.1:0' },
+      tunnel_listener: { address: '[::]:0' },
+      egress_listeners: [{ address: 'localhost:0' }],
+    });
+    assert.deepEqual(config.admin?.address, { host: '127.0.0.1', port: 0 });
+    assert.deepEqual(config.tunnel_listener.address, { host: '::', port: 0 });
+    assert.deepEqual(config.egress_listeners[0]?.address, { host: 'localhost', port: 0 });
+  });
+
+  it('lower-cases the header prefix and upper-cases the request method', () => {
+    const config = validateResponderConfig({
+      ...responderObject,
+      tunnel_listener: {
+        address: '127.0.0.1:9000',
+        header_prefix: 'X-Acme',
+        request_method: 'post',
+      },
+    });
+    assert.equal(config.tunnel_listener.header_prefix, 'x-acme');
+    assert.equal(config.tunnel_listener.request_method, 'POST');
+  });
+
+  it('returns a config it produced as it is', () => {
+    const config = validateResponderConfig(responderObject);
+    assert.equal(validateResponderConfig(config), config);
+  });
+
+  it('reports missing required keys', () => {
+    const error = configErrorOf(() => validateResponderConfig({} as ResponderConfigInput));
+    assert.deepEqual(error.problems, [
+      { path: 'tunnel_listener', message: 'is required' },
+      { path: 'egress_listeners', message: 'is required' },
+    ]);
+  });
+
+  it('refuses an empty list of egress listeners', () => {
+    const error = configErrorOf(() =>
+      validateResponderConfig({ ...responderObject, egress_listeners: [] }),
+    );
+    assert.deepEqual(
+      error.problems.map((problem) => problem.path),
+      ['egress_listeners'],
+    );
+  });
+
+  it('refuses an initiator config', () => {
+    const initiator = validateInitiatorConfig(initiatorObject);
+    configErrorOf(() => validateResponderConfig(initiator as unknown as ResponderConfigInput));
+  });
+});
+
+describe('loadConfigFile', () => {
+  it('reports a file it cannot read with its name and the cause', async () => {
+    const file = path.join(fixtureRoot, 'no-such-file.yaml');
+    const error = await rejectionOf(loadConfigFile(file, 'initiator'));
+    assert.ok(isRevtunError(error, 'ERR_CONFIG_READ'));
+    assert.ok(error.message.startsWith(`cannot read ${file}: `), error.message);
+    assert.equal((error.cause as NodeJS.ErrnoException).code, 'ENOENT');
+  });
+
+  it('names the file in every problem', async () => {
+    const file = path.join(fixtureRoot, 'invalid', 'unknown-nested-keys.yaml');
+    const error = await rejectionOf(loadConfigFile(file, 'responder'));
+    assert.ok(error instanceof ConfigError);
+    for (const line of problemLines(error)) assert.ok(line.startsWith(`${file}:`), line);
+  });
+});
