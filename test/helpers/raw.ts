@@ -55,6 +55,12 @@ export class RawPeer {
     return Buffer.from(taken);
   }
 
+  /** Waits for `length` bytes and returns them without taking them. */
+  async peek(length: number, timeoutMs = 5_000): Promise<Buffer> {
+    await this.#until(() => this.#buffer.length >= length, timeoutMs, `${length} bytes`);
+    return Buffer.from(this.#buffer.subarray(0, length));
+  }
+
   /** Takes everything up to and including `marker`. */
   async readUntil(marker: string, timeoutMs = 5_000): Promise<string> {
     await this.#until(() => this.#buffer.includes(marker), timeoutMs, JSON.stringify(marker));
@@ -81,6 +87,15 @@ export class RawPeer {
 
   destroy(): void {
     this.socket.destroy();
+  }
+
+  /** Stops reading and hands the socket over (e.g. to HTTP/2) with the bytes not yet taken. */
+  detach(): Socket {
+    this.socket.removeAllListeners('data');
+    this.socket.pause();
+    if (this.#buffer.length > 0) this.socket.unshift(this.#buffer);
+    this.#buffer = Buffer.alloc(0);
+    return this.socket;
   }
 
   #until(done: () => boolean, timeoutMs: number, what: string, closeIsOk = false): Promise<void> {
