@@ -88,7 +88,14 @@ interface Stoppable {
   close(options: { graceMs: number }): Promise<void>;
 }
 
-const out = (line = '') => process.stdout.write(`${line}\n`);
+// A closed stdout (`revtun … | head`) must not take a running tunnel down with it.
+let stdoutOpen = true;
+process.stdout.on('error', () => {
+  stdoutOpen = false;
+});
+const out = (line = '') => {
+  if (stdoutOpen) process.stdout.write(`${line}\n`);
+};
 
 function makeLogger(flags: FlagValues, fallback: Level): Logger {
   const level = typeof flags['log-level'] === 'string' ? flags['log-level'] : fallback;
