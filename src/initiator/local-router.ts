@@ -152,5 +152,9 @@ function respondText(stream: ServerHttp2Stream, status: number, message: string)
     'content-type': 'text/plain; charset=utf-8',
     'content-length': Buffer.byteLength(body),
   });
-  stream.end(body);
+  // A request body nobody will read: once the answer is out, ask the responder to stop sending it
+  // (RST_STREAM NO_ERROR after END_STREAM, RFC 9113 §8.1).
+  stream.end(body, () => {
+    if (!stream.readableEnded && !stream.closed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
+  });
 }

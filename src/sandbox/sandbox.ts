@@ -143,9 +143,9 @@ class RunningSandbox implements Sandbox {
     return up;
   }
 
+  /** Both sides drain at once, so the whole stop takes one grace period at most. */
   readonly close = runOnce(async (options: CloseOptions) => {
-    await this.initiator.close(options);
-    await this.responder.close(options);
+    await Promise.all([this.initiator.close(options), this.responder.close(options)]);
     await this.#service.close();
   });
 }

@@ -207,6 +207,7 @@ describe('bodies', () => {
 describe('failures at the initiator', () => {
   let responder: Responder;
   let broken: TestService;
+  let early: TestService;
   let close: () => Promise<void>;
 
   before(async () => {
@@ -216,6 +217,10 @@ describe('failures at the initiator', () => {
       res.writeHead(200, { 'content-length': '1000' });
       res.write(Buffer.alloc(500, 0x61), () => res.socket?.destroy());
     });
+    early = await startService((_req, res) => {
+      res.writeHead(413, { 'content-length': '9', connection: 'close' });
+      res.end('too large');
+    });
     const closedPort = await startService(() => {});
     const unreachable = closedPort.target;
     await closedPort.close();
@@ -224,6 +229,7 @@ describe('failures at the initiator', () => {
       routes: [
         { prefix: '/broken', target: broken.target },
         { prefix: '/down', target: unreachable },
+        { prefix: '/early', target: early.target },
       ],
     });
     close = () => initiator.close();
@@ -233,6 +239,7 @@ describe('failures at the initiator', () => {
     await close();
     await responder.close();
     await broken.close();
+    await early.close();
   });
 
   it('answers 404 for a path no local route serves', async () => {
@@ -254,6 +261,25 @@ describe('failures at the initiator', () => {
       request(egressOf(responder), '/broken', { headers: { 'x-node-id': 'n1' } }),
       /aborted|incomplete|socket hang up|ECONNRESET/,
     );
+  });
+
+  it('answers 404 to a large upload for a path no local route serves, without waiting for it', async () => {
+    const reply = await request(egressOf(responder), '/elsewhere', {
+      method: 'POST',
+      headers: { 'x-node-id': 'n1' },
+      body: randomBytes(4 * 1024 * 1024),
+    });
+    assert.equal(reply.status, 404);
+  });
+
+  it('passes on the early answer of a local service that does not read the upload', async () => {
+    const reply = await request(egressOf(responder), '/early', {
+      method: 'POST',
+      headers: { 'x-node-id': 'n1', 'content-type': 'application/octet-stream' },
+      body: randomBytes(64 * 1024),
+    });
+    assert.equal(reply.status, 413);
+    assert.equal(reply.text, 'too large');
   });
 
   it('keeps serving on the same tunnel afterwards', async () => {
