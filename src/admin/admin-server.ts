@@ -35,7 +35,10 @@ export class AdminServer {
       (request, response) => this.#handle(request, response),
     );
     this.#server.on('clientError', (_error, socket) => socket.destroy());
-    this.#server.on('error', (error) => options.logger.error({ err: error }, 'admin server error'));
+    // Errors while listening reach listen(), which turns them into one clear RevtunError.
+    this.#server.on('error', (error) => {
+      if (this.#server.listening) options.logger.error({ err: error }, 'admin server error');
+    });
   }
 
   listen(): Promise<HostPort> {

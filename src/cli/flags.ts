@@ -10,8 +10,9 @@ import { RevtunError } from '../shared/errors.ts';
 
 export type FlagValues = Record<string, string | boolean | Array<string | boolean> | undefined>;
 
-const usage = (command: string, message: string): RevtunError =>
-  new RevtunError('ERR_USAGE', `revtun ${command}: ${message}; see revtun ${command} --help`);
+/** A usage error; the CLI prefixes `revtun <command>: ` and points at `--help`. */
+const usage = (_command: string, message: string): RevtunError =>
+  new RevtunError('ERR_USAGE', message);
 
 function text(flags: FlagValues, name: string): string | undefined {
   const value = flags[name];

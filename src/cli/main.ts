@@ -117,7 +117,7 @@ function rejectConfigMix(command: string, flags: FlagValues): void {
   if (mixed.length > 0) {
     throw new RevtunError(
       'ERR_USAGE',
-      `revtun ${command}: --config cannot be combined with ${mixed.map((name) => `--${name}`).join(', ')}; put those settings in the file`,
+      `--config cannot be combined with ${mixed.map((name) => `--${name}`).join(', ')}; put those settings in the file`,
     );
   }
 }
@@ -184,7 +184,7 @@ function portFlag(flags: FlagValues, name: string, fallback: number): number {
   if (typeof value !== 'string' || !/^\d{1,5}$/.test(value) || Number(value) > 65535) {
     throw new RevtunError(
       'ERR_USAGE',
-      `revtun sandbox: --${name}: "${String(value)}" is not a port number (0-65535)`,
+      `--${name}: "${String(value)}" is not a port number (0-65535)`,
     );
   }
   return Number(value);
@@ -206,7 +206,7 @@ async function runSandbox(flags: FlagValues): Promise<Stoppable> {
     if (isRevtunError(error, 'ERR_LISTEN')) {
       throw new RevtunError(
         'ERR_LISTEN',
-        `${error.message}\nIs another sandbox running? Pick other ports, e.g. revtun sandbox --initiator-admin-port 18888 --responder-admin-port 18889 --tunnel-port 19000 --egress-port 18085`,
+        `${error.message}\nIs another sandbox running? Pick other ports with --initiator-admin-port, --responder-admin-port, --tunnel-port and --egress-port (0 picks a free one); see revtun sandbox --help`,
         { cause: error },
       );
     }
@@ -251,7 +251,7 @@ async function runDemoService(flags: FlagValues): Promise<Stoppable> {
   try {
     address = parseHostPort(listenText, { defaultHost: '127.0.0.1', allowPortZero: true });
   } catch (error) {
-    throw new RevtunError('ERR_USAGE', `revtun demo-service: --listen: ${describeError(error)}`);
+    throw new RevtunError('ERR_USAGE', `--listen: ${(error as Error).message}`);
   }
   const service = await startDemoService(address);
   out(`revtun demo service on http://${formatHostPort(service.address)}`);
@@ -298,9 +298,13 @@ function stopOnSignals(running: Stoppable): void {
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
-  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+  if (name === undefined) {
+    process.stderr.write(mainHelp);
+    return 2;
+  }
+  if (name === '--help' || name === '-h' || name === 'help') {
     out(mainHelp);
-    return name === undefined ? 2 : 0;
+    return 0;
   }
   if (name === '--version' || name === '-v') {
     out(version());
@@ -320,7 +324,9 @@ async function main(argv: string[]): Promise<number> {
       allowPositionals: false,
     }).values;
   } catch (error) {
-    process.stderr.write(`revtun ${name}: ${describeError(error)}; see revtun ${name} --help\n`);
+    process.stderr.write(
+      `revtun ${name}: ${(error as Error).message}; see revtun ${name} --help\n`,
+    );
     return 2;
   }
   if (flags['help'] === true) {
@@ -331,10 +337,14 @@ async function main(argv: string[]): Promise<number> {
     stopOnSignals(await command.run(flags));
     return -1;
   } catch (error) {
+    if (isRevtunError(error, 'ERR_USAGE')) {
+      process.stderr.write(`revtun ${name}: ${error.message}; see revtun ${name} --help\n`);
+      return 2;
+    }
     process.stderr.write(
       `revtun ${name}: ${isRevtunError(error) ? error.message : describeError(error)}\n`,
     );
-    return isRevtunError(error, 'ERR_USAGE') ? 2 : 1;
+    return 1;
   }
 }
 

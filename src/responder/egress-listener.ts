@@ -54,9 +54,10 @@ export class EgressListener {
       else socket.destroy();
       options.logger.debug({ err: error }, 'malformed request on the egress listener');
     });
-    this.#server.on('error', (error) =>
-      options.logger.error({ err: error }, 'egress listener error'),
-    );
+    // Errors while listening reach listen(), which turns them into one clear RevtunError.
+    this.#server.on('error', (error) => {
+      if (this.#server.listening) options.logger.error({ err: error }, 'egress listener error');
+    });
   }
 
   listen(): Promise<HostPort> {

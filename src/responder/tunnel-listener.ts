@@ -52,9 +52,10 @@ export class TunnelListener {
     this.#options = options;
     for (const name of counters) options.stats.counter(`reverse_tunnel.handshake.${name}`);
     this.#server = net.createServer({ noDelay: true }, (socket) => this.#onConnection(socket));
-    this.#server.on('error', (error) =>
-      options.logger.error({ err: error }, 'tunnel listener error'),
-    );
+    // Errors while listening reach listen(), which turns them into one clear RevtunError.
+    this.#server.on('error', (error) => {
+      if (this.#server.listening) options.logger.error({ err: error }, 'tunnel listener error');
+    });
   }
 
   listen(): Promise<HostPort> {
