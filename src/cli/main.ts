@@ -122,19 +122,34 @@ function rejectConfigMix(command: string, flags: FlagValues): void {
   }
 }
 
-async function runInitiator(flags: FlagValues): Promise<Stoppable> {
-  rejectConfigMix('initiator', flags);
-  const logger = makeLogger(flags, 'info');
+/**
+ * The config of a role: from `--config FILE`, or else built from the quick-start flags (then its
+ * problems are reported against the flags).
+ */
+async function roleConfig<C>(
+  role: 'initiator' | 'responder',
+  flags: FlagValues,
+  fromFlags: () => C,
+  fromFile: (file: string) => Promise<C>,
+): Promise<C> {
+  rejectConfigMix(role, flags);
   const file = flags['config'];
-  let config;
+  if (typeof file === 'string') return fromFile(file);
   try {
-    config =
-      typeof file === 'string'
-        ? await loadConfigFile(file, 'initiator')
-        : validateInitiatorConfig(initiatorFromFlags(flags));
+    return fromFlags();
   } catch (error) {
-    throw typeof file === 'string' ? error : flagError('initiator', error);
+    throw flagError(role, error);
   }
+}
+
+async function runInitiator(flags: FlagValues): Promise<Stoppable> {
+  const config = await roleConfig(
+    'initiator',
+    flags,
+    () => validateInitiatorConfig(initiatorFromFlags(flags)),
+    (file) => loadConfigFile(file, 'initiator'),
+  );
+  const logger = makeLogger(flags, 'info');
   const initiator = await startInitiator(config, { logger });
   const admin = initiator.addresses.admin;
   out(
@@ -151,18 +166,13 @@ async function runInitiator(flags: FlagValues): Promise<Stoppable> {
 }
 
 async function runResponder(flags: FlagValues): Promise<Stoppable> {
-  rejectConfigMix('responder', flags);
+  const config = await roleConfig(
+    'responder',
+    flags,
+    () => validateResponderConfig(responderFromFlags(flags)),
+    (file) => loadConfigFile(file, 'responder'),
+  );
   const logger = makeLogger(flags, 'info');
-  const file = flags['config'];
-  let config;
-  try {
-    config =
-      typeof file === 'string'
-        ? await loadConfigFile(file, 'responder')
-        : validateResponderConfig(responderFromFlags(flags));
-  } catch (error) {
-    throw typeof file === 'string' ? error : flagError('responder', error);
-  }
   const responder = await startResponder(config, { logger });
   const { tunnel, egress, admin } = responder.addresses;
   out('revtun responder started');

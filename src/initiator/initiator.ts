@@ -12,6 +12,7 @@ import {
   defaultGraceMs,
   onAbort,
   once,
+  startOrClose,
   type CloseOptions,
   type StartOptions,
 } from '../shared/lifecycle.ts';
@@ -42,11 +43,14 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
   readonly #admin: AdminServer | undefined;
   #addresses: InitiatorAddresses | undefined;
   #ready = false;
+  readonly #signal: AbortSignal | undefined;
   #detachSignal = () => {};
 
   /** Use `startInitiator`. */
-  constructor(config: InitiatorConfig, logger: Logger) {
+  constructor(config: InitiatorConfig, options: StartOptions = {}) {
     super();
+    const logger = options.logger ?? silentLogger;
+    this.#signal = options.signal;
     this.config = config;
     this.#logger = logger;
     this.stats = new StatsRegistry();
@@ -130,11 +134,7 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
     this.#addresses = { admin };
     for (const dialler of this.#diallers) dialler.start();
     this.#ready = true;
-  }
-
-  /** Use `startInitiator`. */
-  closeOnAbort(signal: AbortSignal | undefined): void {
-    this.#detachSignal = onAbort(signal, () => void this.close());
+    this.#detachSignal = onAbort(this.#signal, () => void this.close());
   }
 
   /** Graceful: stops dialling, GOAWAY on active tunnels, waits for their streams up to graceMs. */
@@ -162,14 +162,5 @@ export async function startInitiator(
   input: InitiatorConfigInput | InitiatorConfig,
   options: StartOptions = {},
 ): Promise<Initiator> {
-  const config = validateInitiatorConfig(input);
-  const initiator = new Initiator(config, options.logger ?? silentLogger);
-  try {
-    await initiator.start();
-  } catch (error) {
-    await initiator.close({ graceMs: 0 });
-    throw error;
-  }
-  initiator.closeOnAbort(options.signal);
-  return initiator;
+  return startOrClose(new Initiator(validateInitiatorConfig(input), options));
 }

@@ -12,6 +12,7 @@ import {
   defaultGraceMs,
   onAbort,
   once,
+  startOrClose,
   type CloseOptions,
   type StartOptions,
 } from '../shared/lifecycle.ts';
@@ -45,11 +46,14 @@ export class Responder extends EventEmitter<ResponderEvents> {
   readonly #admin: AdminServer | undefined;
   #addresses: ResponderAddresses | undefined;
   #ready = false;
+  readonly #signal: AbortSignal | undefined;
   #detachSignal = () => {};
 
   /** Use `startResponder`. */
-  constructor(config: ResponderConfig, logger: Logger) {
+  constructor(config: ResponderConfig, options: StartOptions = {}) {
     super();
+    const logger = options.logger ?? silentLogger;
+    this.#signal = options.signal;
     this.config = config;
     this.#logger = logger;
     this.stats = new StatsRegistry();
@@ -123,11 +127,7 @@ export class Responder extends EventEmitter<ResponderEvents> {
     const tunnel = await this.#tunnelListener.listen();
     this.#addresses = { tunnel, egress, admin };
     this.#ready = true;
-  }
-
-  /** Use `startResponder`. */
-  closeOnAbort(signal: AbortSignal | undefined): void {
-    this.#detachSignal = onAbort(signal, () => void this.close());
+    this.#detachSignal = onAbort(this.#signal, () => void this.close());
   }
 
   /** Graceful: stops accepting, closes idle tunnels, GOAWAY on live ones, then forces at graceMs. */
@@ -161,14 +161,5 @@ export async function startResponder(
   input: ResponderConfigInput | ResponderConfig,
   options: StartOptions = {},
 ): Promise<Responder> {
-  const config = validateResponderConfig(input);
-  const responder = new Responder(config, options.logger ?? silentLogger);
-  try {
-    await responder.start();
-  } catch (error) {
-    await responder.close({ graceMs: 0 });
-    throw error;
-  }
-  responder.closeOnAbort(options.signal);
-  return responder;
+  return startOrClose(new Responder(validateResponderConfig(input), options));
 }

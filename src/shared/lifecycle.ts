@@ -58,3 +58,16 @@ export function deadline(ms: number, until: Promise<unknown>): Promise<void> {
     );
   });
 }
+
+/** Starts `object`; if that fails, closes whatever it had started (no grace) and rethrows. */
+export async function startOrClose<
+  T extends { start(): Promise<void>; close(options: CloseOptions): Promise<void> },
+>(object: T): Promise<T> {
+  try {
+    await object.start();
+  } catch (error) {
+    await object.close({ graceMs: 0 });
+    throw error;
+  }
+  return object;
+}
