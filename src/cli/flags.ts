@@ -11,8 +11,7 @@ import { RevtunError } from '../shared/errors.ts';
 export type FlagValues = Record<string, string | boolean | Array<string | boolean> | undefined>;
 
 /** A usage error; the CLI prefixes `revtun <command>: ` and points at `--help`. */
-const usage = (_command: string, message: string): RevtunError =>
-  new RevtunError('ERR_USAGE', message);
+const usage = (message: string): RevtunError => new RevtunError('ERR_USAGE', message);
 
 function text(flags: FlagValues, name: string): string | undefined {
   const value = flags[name];
@@ -27,33 +26,31 @@ function list(flags: FlagValues, name: string): string[] {
 }
 
 /** `[HOST:]PORT` with a default host, normalised to `host:port`. */
-function listenFlag(
-  command: string,
-  flags: FlagValues,
-  name: string,
-  defaultHost: string,
-): string | undefined {
+function listenFlag(flags: FlagValues, name: string, defaultHost: string): string | undefined {
   const value = text(flags, name);
   if (value === undefined) return undefined;
   try {
     return formatHostPort(parseHostPort(value, { defaultHost, allowPortZero: true }));
   } catch (error) {
-    throw usage(command, `--${name}: ${(error as Error).message}`);
+    throw usage(`--${name}: ${(error as Error).message}`);
   }
 }
 
 export function initiatorFromFlags(flags: FlagValues): InitiatorConfigInput {
-  const command = 'initiator';
   const rc = text(flags, 'rc');
   let ids: { node_id: string; cluster_id: string; tenant_id: string };
   let remote = text(flags, 'remote-cluster') ?? 'upstream-cluster';
   let tunnels = 1;
   if (rc !== undefined) {
     for (const clash of ['node-id', 'cluster-id', 'tenant-id', 'remote-cluster', 'tunnels']) {
-      if (flags[clash] !== undefined)
-        throw usage(command, `--rc already gives what --${clash} would`);
+      if (flags[clash] !== undefined) throw usage(`--rc already gives what --${clash} would`);
     }
-    const address = parseRcAddress(rc);
+    let address;
+    try {
+      address = parseRcAddress(rc);
+    } catch (error) {
+      throw usage(`--rc: ${(error as Error).message}`);
+    }
     ids = {
       node_id: address.identity.nodeId,
       cluster_id: address.identity.clusterId,
@@ -67,7 +64,6 @@ export function initiatorFromFlags(flags: FlagValues): InitiatorConfigInput {
     );
     if (missing.length > 0) {
       throw usage(
-        command,
         `${missing.map((name) => `--${name}`).join(', ')} required (or --rc, or --config FILE)`,
       );
     }
@@ -78,23 +74,20 @@ export function initiatorFromFlags(flags: FlagValues): InitiatorConfigInput {
     };
     const count = text(flags, 'tunnels');
     if (count !== undefined) {
-      if (!/^\d+$/.test(count)) throw usage(command, `--tunnels: "${count}" is not a whole number`);
+      if (!/^\d+$/.test(count)) throw usage(`--tunnels: "${count}" is not a whole number`);
       tunnels = Number(count);
     }
   }
   const responders = list(flags, 'responder');
-  if (responders.length === 0) throw usage(command, '--responder HOST:PORT is required');
+  if (responders.length === 0) throw usage('--responder HOST:PORT is required');
   const routes = list(flags, 'route').map((route) => {
     const equals = route.indexOf('=');
     if (equals <= 0)
-      throw usage(
-        command,
-        `--route: "${route}" is not PREFIX=URL, e.g. /app=http://127.0.0.1:8080`,
-      );
+      throw usage(`--route: "${route}" is not PREFIX=URL, e.g. /app=http://127.0.0.1:8080`);
     return { prefix: route.slice(0, equals), target: route.slice(equals + 1) };
   });
-  if (routes.length === 0) throw usage(command, '--route PREFIX=URL is required');
-  const admin = listenFlag(command, flags, 'admin-listen', '127.0.0.1');
+  if (routes.length === 0) throw usage('--route PREFIX=URL is required');
+  const admin = listenFlag(flags, 'admin-listen', '127.0.0.1');
   const statPrefix = text(flags, 'stat-prefix');
   return {
     ...ids,
@@ -106,14 +99,13 @@ export function initiatorFromFlags(flags: FlagValues): InitiatorConfigInput {
 }
 
 export function responderFromFlags(flags: FlagValues): ResponderConfigInput {
-  const command = 'responder';
-  const tunnel = listenFlag(command, flags, 'tunnel-listen', '0.0.0.0');
-  const egress = listenFlag(command, flags, 'egress-listen', '127.0.0.1');
+  const tunnel = listenFlag(flags, 'tunnel-listen', '0.0.0.0');
+  const egress = listenFlag(flags, 'egress-listen', '127.0.0.1');
   if (tunnel === undefined)
-    throw usage(command, '--tunnel-listen [HOST:]PORT is required (or --config FILE)');
+    throw usage('--tunnel-listen [HOST:]PORT is required (or --config FILE)');
   if (egress === undefined)
-    throw usage(command, '--egress-listen [HOST:]PORT is required (or --config FILE)');
-  const admin = listenFlag(command, flags, 'admin-listen', '127.0.0.1');
+    throw usage('--egress-listen [HOST:]PORT is required (or --config FILE)');
+  const admin = listenFlag(flags, 'admin-listen', '127.0.0.1');
   const statPrefix = text(flags, 'stat-prefix');
   const routes = list(flags, 'route').map((prefix) => ({ prefix }));
   const headers = list(flags, 'host-id-header').map((name) => name.toLowerCase());
@@ -148,11 +140,11 @@ const flagOfKey: Array<[RegExp, string]> = [
 ];
 
 /** Restates a schema error on flag-built config in terms of the flags. */
-export function flagError(command: string, error: unknown): unknown {
+export function flagError(error: unknown): unknown {
   if (!(error instanceof ConfigError)) return error;
   const lines = error.problems.map((problem) => {
     const flag = flagOfKey.find(([pattern]) => pattern.test(problem.path))?.[1] ?? problem.path;
     return `${flag}: ${problem.message}`;
   });
-  return usage(command, lines.join('; '));
+  return usage(lines.join('; '));
 }

@@ -138,7 +138,7 @@ async function roleConfig<C>(
   try {
     return fromFlags();
   } catch (error) {
-    throw flagError(role, error);
+    throw flagError(error);
   }
 }
 
@@ -313,7 +313,7 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (name === '--help' || name === '-h' || name === 'help') {
-    out(mainHelp);
+    process.stdout.write(mainHelp);
     return 0;
   }
   if (name === '--version' || name === '-v') {
@@ -340,7 +340,7 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (flags['help'] === true) {
-    out(command.help);
+    process.stdout.write(command.help);
     return 0;
   }
   try {

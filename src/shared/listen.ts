@@ -13,7 +13,7 @@ export function listen(server: Server, address: HostPort, what: string): Promise
       const where = formatHostPort(address);
       const why =
         error.code === 'EADDRINUSE'
-          ? 'the address is already in use (another process listens there; choose another port)'
+          ? 'the address is already in use by another process'
           : error.code === 'EACCES'
             ? 'permission denied (ports below 1024 need privileges)'
             : error.code === 'EADDRNOTAVAIL'
