@@ -14,21 +14,27 @@ export interface RequestOptions {
   readonly method?: string;
   readonly headers?: OutgoingHttpHeaders;
   readonly body?: Buffer | string | AsyncIterable<Buffer>;
+  /** Deadline in ms for the whole response; the request is destroyed after it. None by default. */
+  readonly timeoutMs?: number;
 }
 
-/** Sends one request and resolves with the whole response; rejects if the response is aborted. */
+/**
+ * Sends one request and resolves with the whole response; rejects if the response is aborted or,
+ * with `timeoutMs`, late.
+ */
 export function request(
   target: HostPort,
   path: string,
   options: RequestOptions = {},
 ): Promise<Reply> {
+  const method = options.method ?? 'GET';
   return new Promise((resolve, reject) => {
     const outgoing = http.request(
       {
         host: target.host,
         port: target.port,
         path,
-        method: options.method ?? 'GET',
+        method,
         headers: options.headers,
         agent: false,
       },
@@ -42,6 +48,7 @@ export function request(
             reject(new Error('response ended incomplete'));
             return;
           }
+          clearTimeout(deadline);
           const body = Buffer.concat(chunks);
           resolve({
             status: response.statusCode ?? 0,
@@ -53,6 +60,18 @@ export function request(
       },
     );
     outgoing.on('error', reject);
+    const { timeoutMs } = options;
+    const deadline =
+      timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            const error = new Error(
+              `${method} ${path} on ${target.host}:${target.port}: no answer in ${timeoutMs} ms`,
+            );
+            reject(error);
+            outgoing.destroy(error);
+          }, timeoutMs);
+    outgoing.on('close', () => clearTimeout(deadline));
     const { body } = options;
     if (body === undefined || typeof body === 'string' || Buffer.isBuffer(body)) {
       outgoing.end(body);
