@@ -65,9 +65,10 @@ export class LocalRouter {
     const path = headers[':path'] ?? '/';
     const method = headers[':method'] ?? 'GET';
     const pathOnly = path.split('?', 1)[0] as string;
+    const hasBody = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) === 0;
     const route = this.#routes.find((candidate) => pathOnly.startsWith(candidate.prefix));
     if (route === undefined) {
-      respondText(stream, 404, `no local route for path ${pathOnly}`);
+      respondText(stream, 404, `no local route for path ${pathOnly}`, hasBody);
       return;
     }
     const forwarded: Record<string, string | string[]> = {};
@@ -77,7 +78,6 @@ export class LocalRouter {
     });
     const authority = headers[':authority'];
     if (authority !== undefined) forwarded['host'] = authority;
-    const hasBody = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) === 0;
     const body = hasBody ? requestBody(stream) : null;
     const abort = new AbortController();
     const onClose = () => abort.abort();
@@ -95,7 +95,12 @@ export class LocalRouter {
       stream.removeListener('close', onClose);
       if (abort.signal.aborted) return;
       this.#logger.warn({ target: route.target, path, err: error }, 'local service request failed');
-      respondText(stream, 502, `local service ${route.target} failed: ${describeError(error)}`);
+      respondText(
+        stream,
+        502,
+        `local service ${route.target} failed: ${describeError(error)}`,
+        hasBody,
+      );
       return;
     }
     stream.removeListener('close', onClose);
@@ -121,8 +126,17 @@ export class LocalRouter {
     }
     // A complete response while the request body is still coming: ask the responder to stop
     // sending it (RST_STREAM NO_ERROR after END_STREAM, RFC 9113 §8.1).
-    if (!stream.readableEnded && !stream.closed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
+    if (hasBody) stopUpload(stream);
   }
+}
+
+/**
+ * After a complete response, asks the responder to stop sending a request body that is still
+ * coming (RST_STREAM NO_ERROR after END_STREAM, RFC 9113 §8.1). Only then: a reset per request
+ * would trip the peer's rapid-reset guard.
+ */
+function stopUpload(stream: ServerHttp2Stream): void {
+  if (!stream.readableEnded && !stream.closed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
 }
 
 /**
@@ -144,7 +158,12 @@ function requestBody(stream: ServerHttp2Stream): PassThrough {
   return body;
 }
 
-function respondText(stream: ServerHttp2Stream, status: number, message: string): void {
+function respondText(
+  stream: ServerHttp2Stream,
+  status: number,
+  message: string,
+  hasBody: boolean,
+): void {
   if (stream.destroyed || stream.closed) return;
   const body = `${message}\n`;
   stream.respond({
@@ -152,9 +171,8 @@ function respondText(stream: ServerHttp2Stream, status: number, message: string)
     'content-type': 'text/plain; charset=utf-8',
     'content-length': Buffer.byteLength(body),
   });
-  // A request body nobody will read: once the answer is out, ask the responder to stop sending it
-  // (RST_STREAM NO_ERROR after END_STREAM, RFC 9113 §8.1).
+  // A request body nobody will read: once the answer is out, ask the responder to stop sending it.
   stream.end(body, () => {
-    if (!stream.readableEnded && !stream.closed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
+    if (hasBody) stopUpload(stream);
   });
 }

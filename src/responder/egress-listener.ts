@@ -180,10 +180,18 @@ async function forward(
     return;
   }
   const receivedEndStream = watchEndStream(stream);
+  let responded = false;
   // The caller went away, or its upload is still going when the response is complete: reset the
-  // stream so the initiator stops too, without ever marking a partial upload complete.
+  // stream so the initiator stops too, without ever marking a partial upload complete. A complete
+  // exchange is left alone: nghttp2 closes the stream by itself, and a reset for every request
+  // would trip the peer's rapid-reset guard (nghttp2 ends the session after ~1000 of them).
   response.on('close', () => {
-    if (!stream.closed) resetStream(stream, http2.constants.NGHTTP2_CANCEL, 'the caller went away');
+    if (stream.closed || (responded && stream.writableEnded)) return;
+    resetStream(
+      stream,
+      http2.constants.NGHTTP2_CANCEL,
+      responded ? 'the rest of the upload is not needed' : 'the caller went away',
+    );
   });
   const upload = withBody
     ? pipeline(request, stream).catch((error: unknown) => {
@@ -205,6 +213,7 @@ async function forward(
         `stream closed with code ${stream.rstCode} before END_STREAM`,
       );
     }
+    responded = true;
     response.end();
   } catch (error) {
     if (response.headersSent) {

@@ -154,6 +154,42 @@ describe('one tunnel, many requests', () => {
   });
 });
 
+describe('a long-lived tunnel', () => {
+  it('serves 1,500 requests on one HTTP/2 session (no per-request reset trips the peer rapid-reset guard)', async () => {
+    const responder = await responderOnFreePorts();
+    const service = await startNamedService('n1');
+    const initiator = await connectedInitiator(responder, {
+      node: 'n1',
+      routes: [{ prefix: '/', target: service.target }],
+    });
+    try {
+      const statuses = new Map<number, number>();
+      let next = 0;
+      // nghttp2 ends a session after about 1,000 RST_STREAMs in a burst (CVE-2023-44487 guard).
+      await Promise.all(
+        Array.from({ length: 16 }, async () => {
+          while (next < 1_500) {
+            next += 1;
+            const reply = await request(egressOf(responder), '/', {
+              headers: { 'x-node-id': 'n1' },
+            });
+            statuses.set(reply.status, (statuses.get(reply.status) ?? 0) + 1);
+          }
+        }),
+      );
+      assert.deepEqual([...statuses], [[200, 1_500]]);
+      assert.equal(statsOf(responder, 'reverse_tunnel.handshake.accepted'), 1);
+      assert.deepEqual(responder.tunnels(), [
+        { nodeId: 'n1', clusterId: 'c1', idle: 0, sessions: 1 },
+      ]);
+    } finally {
+      await initiator.close();
+      await responder.close();
+      await service.close();
+    }
+  });
+});
+
 describe('bodies', () => {
   let responder: Responder;
   let echo: TestService;
