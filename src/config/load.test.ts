@@ -209,17 +209,27 @@ describe('parseConfigText', () => {
       cluster_id: 'c',
       tenant_id: 't',
       stat_prefix: 'reverse_tunnel_initiator',
+      enable_detailed_stats: false,
       handshake: {
         request_path: '/reverse_connections/request',
         header_prefix: 'x-envoy',
         timeout: 10_000,
+        use_http_upgrade: false,
+        headers: [],
       },
       max_reconnect_backoff: 30_000,
       max_concurrent_streams: 256,
       remote_clusters: [
         { name: 'r', hosts: [{ host: '127.0.0.1', port: 9000 }], tunnels_per_host: 1 },
       ],
-      local_routes: [{ prefix: '/', target: 'http://127.0.0.1:8080', max_connections: 128 }],
+      local_routes: [
+        {
+          prefix: '/',
+          target: 'http://127.0.0.1:8080',
+          max_connections: 128,
+          connect_timeout: 10_000,
+        },
+      ],
     });
   });
 
@@ -228,6 +238,7 @@ describe('parseConfigText', () => {
       'tunnel_listener:\n  address: 0.0.0.0:9000\negress_listeners:\n  - address: 127.0.0.1:8085\n';
     assert.deepEqual(parseConfigText(text, 'responder'), {
       stat_prefix: 'reverse_tunnel_acceptor',
+      enable_tenant_isolation: false,
       tunnel_listener: {
         address: { host: '0.0.0.0', port: 9000 },
         request_path: '/reverse_connections/request',
@@ -239,12 +250,14 @@ describe('parseConfigText', () => {
         max_pending_handshakes_per_source: 64,
         ping_interval: 2000,
         ping_failure_threshold: 3,
+        use_http_upgrade: false,
+        connection_limit_retry_after: 10_000,
       },
       egress_listeners: [
         {
           address: { host: '127.0.0.1', port: 8085 },
           host_id_headers: ['x-node-id', 'x-remote-node-id', 'x-cluster-id', 'x-dst-cluster-uuid'],
-          routes: [{ prefix: '/' }],
+          routes: [{ prefix: '/', cluster: 'reverse_connection_cluster' }],
           request_timeout: 300_000,
         },
       ],
@@ -261,8 +274,19 @@ describe('parseConfigText', () => {
       cluster_id: 'edge-cluster',
       tenant_id: 'Tenant.A',
       stat_prefix: 'edge_reverse_connection',
+      enable_detailed_stats: true,
       admin: { address: { host: '127.0.0.1', port: 0 } },
-      handshake: { request_path: '/custom/handshake', header_prefix: 'x-acme', timeout: 1500 },
+      lifecycle_log: { path: '/var/log/revtun/initiator.jsonl' },
+      handshake: {
+        request_path: '/custom/handshake',
+        header_prefix: 'x-acme',
+        timeout: 1500,
+        use_http_upgrade: true,
+        headers: [
+          { name: 'authorization', value_file: '/run/secrets/tunnel-token' },
+          { name: 'x-site', value: 'berlin-3' },
+        ],
+      },
       max_reconnect_backoff: 120_000,
       max_concurrent_streams: 10_000,
       remote_clusters: [
@@ -275,7 +299,20 @@ describe('parseConfigText', () => {
           tunnels_per_host: 4,
         },
       ],
-      local_routes: [{ prefix: '/api', target: 'http://localhost:3000', max_connections: 1 }],
+      local_routes: [
+        {
+          path: '/healthz',
+          target: 'http://localhost:3001',
+          max_connections: 2,
+          connect_timeout: 250,
+        },
+        {
+          prefix: '/api',
+          target: 'http://localhost:3000',
+          max_connections: 1,
+          connect_timeout: 2000,
+        },
+      ],
     });
   });
 
@@ -286,7 +323,9 @@ describe('parseConfigText', () => {
     );
     assert.deepEqual(config, {
       stat_prefix: 'edge_acceptor',
+      enable_tenant_isolation: true,
       admin: { address: { host: '::1', port: 8889 } },
+      lifecycle_log: { path: '/var/log/revtun/responder.jsonl' },
       tunnel_listener: {
         address: { host: '::', port: 9000 },
         request_path: '/tunnels',
@@ -298,14 +337,33 @@ describe('parseConfigText', () => {
         max_pending_handshakes_per_source: 1,
         ping_interval: 300_000,
         ping_failure_threshold: 100,
+        use_http_upgrade: true,
+        required_cluster_name: 'edge-gateways',
+        validation: {
+          node_id: { header: 'x-expected-node' },
+          cluster_id: { literal: 'edge-cluster' },
+          tenant_id: { header: 'x-expected-tenant' },
+        },
+        max_tunnels_per_node: 8,
+        connection_limit_retry_after: 30_000,
       },
       egress_listeners: [
         {
           address: { host: '127.0.0.1', port: 8085 },
           host_id_headers: ['x-tenant-node'],
+          tenant_id_headers: ['x-tenant'],
+          lua: {
+            inline_code: 'function envoy_on_request(request_handle) end\n',
+            max_instructions: 5000,
+          },
           routes: [
-            { prefix: '/special', host_id_headers: ['x-special-node', 'x-node-id'] },
-            { prefix: '/' },
+            {
+              path: '/special/exact',
+              host_id_headers: ['x-special-node', 'x-node-id'],
+              tenant_id_headers: ['x-special-tenant'],
+              cluster: 'special_cluster',
+            },
+            { prefix: '/', cluster: 'reverse_connection_cluster' },
           ],
           request_timeout: 3_600_000,
         },
@@ -503,7 +561,7 @@ remote_clusters:
     const error = configErrorOf(() => parseConfigText(text, 'initiator'));
     assert.match(
       error.problems[0]?.message ?? '',
-      /prefix "\/ab" can never match: route 0 \("\/a"\)/,
+      /prefix "\/ab" can never match: route 0 \(prefix "\/a"\)/,
     );
   });
 

@@ -100,21 +100,92 @@ const localTarget = z.string().transform((text, context) => {
   return url.origin;
 });
 
-/** Local routes are tried in order and the first whose prefix matches the path wins (as Envoy). */
-const routesInOrder = <T extends { prefix: string }>(routes: T[], context: z.RefinementCtx) => {
+/**
+ * A route matches a path by `prefix` or, exactly, by `path` (Envoy's route matches), always on the
+ * path without its query string. Routes are tried in order and the first match wins (as Envoy).
+ */
+const routeMatch = {
+  prefix: pathPrefix.optional(),
+  path: pathPrefix.optional(),
+};
+
+function exactlyOneMatch(
+  route: { prefix?: string | undefined; path?: string | undefined },
+  context: z.RefinementCtx,
+): void {
+  if ((route.prefix === undefined) === (route.path === undefined)) {
+    context.addIssue({
+      code: 'custom',
+      message: 'a route needs exactly one of prefix (a path prefix) or path (an exact path)',
+    });
+  }
+}
+
+/** A route that an earlier one shadows can never match: that is a mistake, not a configuration. */
+const routesInOrder = <T extends { prefix?: string | undefined; path?: string | undefined }>(
+  routes: T[],
+  context: z.RefinementCtx,
+) => {
+  const shadows = (earlier: T, later: T) =>
+    earlier.prefix !== undefined
+      ? (later.prefix ?? later.path ?? '').startsWith(earlier.prefix)
+      : later.path !== undefined && later.path === earlier.path;
   routes.forEach((route, index) => {
-    const earlier = routes.findIndex(
-      (other, j) => j < index && route.prefix.startsWith(other.prefix),
-    );
+    const earlier = routes.findIndex((other, j) => j < index && shadows(other, route));
     if (earlier >= 0) {
+      const describe = (r: T | undefined) =>
+        r?.prefix !== undefined ? `prefix "${r.prefix}"` : `path "${r?.path}"`;
       context.addIssue({
         code: 'custom',
-        path: [index, 'prefix'],
-        message: `prefix "${route.prefix}" can never match: route ${earlier} ("${routes[earlier]?.prefix}") comes first and matches every such path`,
+        path: [index, route.prefix !== undefined ? 'prefix' : 'path'],
+        message: `${describe(route)} can never match: route ${earlier} (${describe(routes[earlier])}) comes first and matches every such path`,
       });
     }
   });
 };
+
+/**
+ * A value compared with a claimed id: a literal, or `%REQ(header)%` for a handshake request header
+ * (the subset of Envoy's substitution formatters that a reverse-tunnel validation uses).
+ */
+export type ExpectedValue = { readonly literal: string } | { readonly header: string };
+
+const expectedValue = z.string().transform((text, context): ExpectedValue => {
+  const request = /^%REQ\(([A-Za-z0-9!#$%&'*+.^_`|~-]+)\)%$/.exec(text);
+  if (request !== null) return { header: (request[1] as string).toLowerCase() };
+  if (text.includes('%')) {
+    context.addIssue({
+      code: 'custom',
+      message: `"${text}": only a literal value or %REQ(header-name)% is supported`,
+    });
+    return z.NEVER;
+  }
+  return { literal: text };
+});
+
+const lifecycleLog = z.strictObject({
+  /** File that receives one JSON line per lifecycle event (Envoy's access_log on the extension). */
+  path: z.string().min(1),
+});
+
+/** Extra handshake header: a fixed value, or a file read at every dial (a token that rotates). */
+const handshakeHeader = z
+  .strictObject({
+    name: headerName,
+    value: z
+      .string()
+      .regex(/^[\t\x20-\x7e\x80-\xff]*$/, 'must be a valid header value')
+      .optional(),
+    value_file: z.string().min(1).optional(),
+  })
+  .superRefine((header, context) => {
+    if ((header.value === undefined) === (header.value_file === undefined)) {
+      context.addIssue({
+        code: 'custom',
+        message: 'a handshake header needs exactly one of value or value_file',
+      });
+    }
+  });
 
 export const initiatorSchema = z.strictObject({
   node_id: identifier,
@@ -122,13 +193,20 @@ export const initiatorSchema = z.strictObject({
   tenant_id: identifier,
   /** Prefix of the initiator's stats. Envoy's default; the sandbox uses downstream_reverse_connection. */
   stat_prefix: identifier.default('reverse_tunnel_initiator'),
+  /** Adds the `<prefix>.handshake…` counters by result and failure reason (Envoy's field). */
+  enable_detailed_stats: z.boolean().default(false),
   admin: admin.optional(),
+  lifecycle_log: lifecycleLog.optional(),
   handshake: z
     .strictObject({
       request_path: pathPrefix.default(defaultRequestPath),
       header_prefix: headerPrefix,
       /** From TCP connect to the end of the responder's answer. */
       timeout: duration(100, 300_000).prefault('10s'),
+      /** Upgrade mode: `connection: upgrade` + `upgrade: reverse-tunnel`, success is 101. */
+      use_http_upgrade: z.boolean().default(false),
+      /** Extra headers on every handshake, e.g. `authorization` (Envoy's additional_headers). */
+      headers: z.array(handshakeHeader).default([]),
     })
     .prefault({}),
   /** Cap of the per-host reconnect backoff (1, 2, 4 … s). Envoy: default 30 s, minimum 1 s. */
@@ -160,12 +238,16 @@ export const initiatorSchema = z.strictObject({
     }),
   local_routes: z
     .array(
-      z.strictObject({
-        prefix: pathPrefix,
-        target: localTarget,
-        /** Most connections the initiator opens to this local service. */
-        max_connections: z.int().min(1).max(10_000).default(128),
-      }),
+      z
+        .strictObject({
+          ...routeMatch,
+          target: localTarget,
+          /** Most connections the initiator opens to this local service. */
+          max_connections: z.int().min(1).max(10_000).default(128),
+          /** TCP connect deadline towards the local service. */
+          connect_timeout: duration(10, 300_000).prefault('10s'),
+        })
+        .superRefine(exactlyOneMatch),
     )
     .min(1)
     .superRefine(routesInOrder),
@@ -179,61 +261,115 @@ export const defaultHostIdHeaders = [
   'x-dst-cluster-uuid',
 ] as const;
 
-export const responderSchema = z.strictObject({
-  /** Prefix of the tunnel gauges. Envoy's default; the seed sandbox page uses reverse_connections. */
-  stat_prefix: identifier.default('reverse_tunnel_acceptor'),
-  admin: admin.optional(),
-  tunnel_listener: z.strictObject({
-    address: listenAddress,
-    request_path: pathPrefix.default(defaultRequestPath),
-    request_method: z
-      .string()
-      .regex(/^[A-Za-z]+$/, 'must be an HTTP method, e.g. GET')
-      .transform((method) => method.toUpperCase())
-      .default(defaultRequestMethod),
-    header_prefix: headerPrefix,
-    /** From the first byte to a complete handshake request (Envoy [latest]: 10 s). */
-    handshake_timeout: duration(100, 300_000).prefault('10s'),
-    /** Cap on the handshake request head. */
-    max_handshake_bytes: z.int().min(1024).max(65_536).default(8192),
-    /** Connections still in the handshake, in total and from one source address. */
-    max_pending_handshakes: z.int().min(1).max(100_000).default(1024),
-    max_pending_handshakes_per_source: z.int().min(1).max(100_000).default(64),
-    /** RPING interval on idle tunnels, plus up to 15 % jitter; the echo is due within half of it. */
-    ping_interval: duration(100, 300_000).prefault('2s'),
-    /** Consecutive missed echoes before an idle tunnel is closed. */
-    ping_failure_threshold: z.int().min(1).max(100).default(3),
-  }),
-  egress_listeners: z
-    .array(
-      z.strictObject({
-        address: listenAddress,
-        /**
-         * Request headers that name the host id, tried in order; the first present wins. A value
-         * that names a known cluster picks one of its nodes round robin, otherwise it names a node.
-         */
-        host_id_headers: z
-          .array(headerName)
-          .min(1)
-          .default([...defaultHostIdHeaders]),
-        /** Path prefixes forwarded through tunnels, first match wins; other paths get 404. */
-        routes: z
-          .array(
-            z.strictObject({
-              prefix: pathPrefix,
-              /** Overrides the listener's host_id_headers for this route. */
-              host_id_headers: z.array(headerName).min(1).optional(),
-            }),
-          )
-          .min(1)
-          .default([{ prefix: '/' }])
-          .superRefine(routesInOrder),
-        /** How long a request may take from its first byte to its last (Node's requestTimeout). */
-        request_timeout: duration(1000, 3_600_000).prefault('300s'),
-      }),
-    )
-    .min(1),
-});
+export const responderSchema = z
+  .strictObject({
+    /** Prefix of the tunnel gauges. Envoy's default; the seed sandbox page uses reverse_connections. */
+    stat_prefix: identifier.default('reverse_tunnel_acceptor'),
+    /**
+     * Tenant isolation (Envoy's enable_tenant_isolation): tunnels are keyed `tenant:node` and
+     * `tenant:cluster`, and every egress request must name its tenant.
+     */
+    enable_tenant_isolation: z.boolean().default(false),
+    admin: admin.optional(),
+    lifecycle_log: lifecycleLog.optional(),
+    tunnel_listener: z.strictObject({
+      address: listenAddress,
+      request_path: pathPrefix.default(defaultRequestPath),
+      request_method: z
+        .string()
+        .regex(/^[A-Za-z]+$/, 'must be an HTTP method, e.g. GET')
+        .transform((method) => method.toUpperCase())
+        .default(defaultRequestMethod),
+      header_prefix: headerPrefix,
+      /** From the first byte to a complete handshake request (Envoy [latest]: 10 s). */
+      handshake_timeout: duration(100, 300_000).prefault('10s'),
+      /** Cap on the handshake request head. */
+      max_handshake_bytes: z.int().min(1024).max(65_536).default(8192),
+      /** Connections still in the handshake, in total and from one source address. */
+      max_pending_handshakes: z.int().min(1).max(100_000).default(1024),
+      max_pending_handshakes_per_source: z.int().min(1).max(100_000).default(64),
+      /** RPING interval on idle tunnels, plus up to 15 % jitter; the echo is due within half of it. */
+      ping_interval: duration(100, 300_000).prefault('2s'),
+      /** Consecutive missed echoes before an idle tunnel is closed. */
+      ping_failure_threshold: z.int().min(1).max(100).default(3),
+      /** Upgrade mode: require `upgrade: reverse-tunnel` (else 426) and answer 101. */
+      use_http_upgrade: z.boolean().default(false),
+      /** When set, the handshake's upstream-cluster-name header must equal it (else 400). */
+      required_cluster_name: identifier.optional(),
+      /** Expected ids, each a literal or %REQ(header)%; a claimed id that differs gets 403. */
+      validation: z
+        .strictObject({
+          node_id: expectedValue.optional(),
+          cluster_id: expectedValue.optional(),
+          tenant_id: expectedValue.optional(),
+        })
+        .optional(),
+      /** Tunnels one node (one tenant's node under isolation) may hold; more get 429. */
+      max_tunnels_per_node: z.int().min(1).max(100_000).optional(),
+      /** The Retry-After sent with that 429. */
+      connection_limit_retry_after: duration(1000, 3_600_000).prefault('10s'),
+    }),
+    egress_listeners: z
+      .array(
+        z.strictObject({
+          address: listenAddress,
+          /**
+           * Request headers that name the host id, tried in order; the first present wins. A value
+           * that names a known cluster picks one of its nodes round robin, otherwise it names a node.
+           */
+          host_id_headers: z
+            .array(headerName)
+            .min(1)
+            .default([...defaultHostIdHeaders]),
+          /** With tenant isolation: request headers that name the tenant, tried in order. */
+          tenant_id_headers: z.array(headerName).min(1).optional(),
+          /** A Lua script whose envoy_on_request(request_handle) runs before routing. */
+          lua: z
+            .strictObject({
+              inline_code: z.string().min(1),
+              /** Lua instructions one call may run before it is stopped. */
+              max_instructions: z.int().min(1000).max(1_000_000_000).default(10_000_000),
+            })
+            .optional(),
+          /** Routes to the tunnels, first match wins; other paths get 404. */
+          routes: z
+            .array(
+              z
+                .strictObject({
+                  ...routeMatch,
+                  /** Overrides the listener's host_id_headers for this route. */
+                  host_id_headers: z.array(headerName).min(1).optional(),
+                  /** Overrides the listener's tenant_id_headers for this route. */
+                  tenant_id_headers: z.array(headerName).min(1).optional(),
+                  /** The name of this route's target in stats: `cluster.<name>.upstream_rq_total`. */
+                  cluster: identifier.default('reverse_connection_cluster'),
+                })
+                .superRefine(exactlyOneMatch),
+            )
+            .min(1)
+            .default([{ prefix: '/', cluster: 'reverse_connection_cluster' }])
+            .superRefine(routesInOrder),
+          /** How long a request may take from its first byte to its last (Node's requestTimeout). */
+          request_timeout: duration(1000, 3_600_000).prefault('300s'),
+        }),
+      )
+      .min(1),
+  })
+  .superRefine((config, context) => {
+    if (!config.enable_tenant_isolation) return;
+    config.egress_listeners.forEach((listener, index) => {
+      listener.routes.forEach((route, routeIndex) => {
+        if ((route.tenant_id_headers ?? listener.tenant_id_headers) === undefined) {
+          context.addIssue({
+            code: 'custom',
+            path: ['egress_listeners', index, 'routes', routeIndex],
+            message:
+              'enable_tenant_isolation needs a tenant source: set tenant_id_headers on the egress listener or the route',
+          });
+        }
+      });
+    });
+  });
 
 export type InitiatorConfigInput = z.input<typeof initiatorSchema>;
 export type InitiatorConfig = DeepReadonly<z.output<typeof initiatorSchema>>;

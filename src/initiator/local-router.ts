@@ -1,6 +1,6 @@
 /**
  * The initiator's local routes: each stream the responder opens on a tunnel is matched by path
- * prefix (first match wins, as Envoy's route table) and forwarded to a local service over HTTP/1.1
+ * prefix or exact path (first match wins, as Envoy's route table) and forwarded to a local service over HTTP/1.1
  * with an undici Pool per service. Unmatched paths get 404. Bodies stream both ways with
  * `stream.pipeline` and HTTP/2 flow control, never buffered whole.
  */
@@ -12,10 +12,10 @@ import type { LocalRouteConfig } from '../config/schema.ts';
 import { describeError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import { watchEndStream } from '../shared/http2-stream.ts';
+import { findRoute, pathOf, type RouteMatch } from '../shared/route-match.ts';
 import type { Logger } from '../shared/logger.ts';
 
-interface Route {
-  readonly prefix: string;
+interface Route extends RouteMatch {
   readonly target: string;
   readonly pool: Pool;
 }
@@ -30,10 +30,13 @@ export class LocalRouter {
     this.#routes = routes.map((route) => {
       let pool = pools.get(route.target);
       if (pool === undefined) {
-        pool = new Pool(route.target, { connections: route.max_connections });
+        pool = new Pool(route.target, {
+          connections: route.max_connections,
+          connect: { timeout: route.connect_timeout },
+        });
         pools.set(route.target, pool);
       }
-      return { prefix: route.prefix, target: route.target, pool };
+      return { prefix: route.prefix, path: route.path, target: route.target, pool };
     });
   }
 
@@ -64,9 +67,9 @@ export class LocalRouter {
   ): Promise<void> {
     const path = headers[':path'] ?? '/';
     const method = headers[':method'] ?? 'GET';
-    const pathOnly = path.split('?', 1)[0] as string;
+    const pathOnly = pathOf(path);
     const hasBody = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) === 0;
-    const route = this.#routes.find((candidate) => pathOnly.startsWith(candidate.prefix));
+    const route = findRoute(this.#routes, pathOnly);
     if (route === undefined) {
       respondText(stream, 404, `no local route for path ${pathOnly}`, hasBody);
       return;

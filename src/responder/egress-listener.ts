@@ -14,6 +14,7 @@ import type { HostPort } from '../shared/address.ts';
 import { describeError, RevtunError, isRevtunError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import { resetStream, watchEndStream } from '../shared/http2-stream.ts';
+import { findRoute, pathOf } from '../shared/route-match.ts';
 import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { TunnelRegistry } from './registry.ts';
@@ -88,8 +89,8 @@ export class EgressListener {
       return;
     }
     const path = request.url ?? '/';
-    const pathOnly = path.split('?', 1)[0] as string;
-    const route = config.routes.find((candidate) => pathOnly.startsWith(candidate.prefix));
+    const pathOnly = pathOf(path);
+    const route = findRoute(config.routes, pathOnly);
     if (route === undefined) {
       reply(response, 404, `no route for path ${pathOnly}`);
       return;
