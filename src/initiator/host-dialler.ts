@@ -2,10 +2,13 @@
  * Keeps `tunnels` tunnels open to one responder host (protocol reference §4, §7). Each slot dials,
  * handshakes under a deadline that runs from TCP connect to the end of the response, and on success
  * becomes an InitiatorTunnel. A failure puts the host in backoff (1, 2, 4 … s up to
- * `max_reconnect_backoff`, with jitter) and the empty slots wait for it; a success resets it. A
- * tunnel that closes is re-dialled at once, event-driven, not on Envoy's 10 s tick (reference §12 #4).
+ * `max_reconnect_backoff`, with jitter, or the responder's Retry-After on 429/503) and the slots
+ * that are not connected wait for it; a success resets it. A tunnel that closes is re-dialled at
+ * once, event-driven, not on Envoy's 10 s tick (reference §12 #4).
  */
+import { readFile } from 'node:fs/promises';
 import net, { type Socket } from 'node:net';
+import type { InitiatorConfig } from '../config/schema.ts';
 import {
   buildHandshakeRequest,
   evaluateHandshakeResponse,
@@ -17,29 +20,39 @@ import { Backoff } from '../shared/backoff.ts';
 import { describeError } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { StatsRegistry } from '../shared/stats.ts';
-import { StateGauges } from './state-gauges.ts';
+import { StateGauges, type SlotState } from './state-gauges.ts';
 import { InitiatorTunnel, type InitiatorTunnelOptions, type TunnelCloseReason } from './tunnel.ts';
 
-export interface DiallerEvents {
-  readonly handshake_success: (cluster: string, host: string) => void;
-  readonly handshake_failure: (cluster: string, host: string, reason: string) => void;
-  readonly connection_closed: (cluster: string, host: string, reason: TunnelCloseReason) => void;
-}
+/** Envoy's initiator lifecycle events (reference §10), for one host of one remote cluster. */
+export type DiallerEvent =
+  | { readonly event: 'handshake_success'; readonly connectionId: number }
+  | {
+      readonly event: 'handshake_failure';
+      readonly connectionId: number;
+      readonly error: string;
+      readonly detail: string | undefined;
+    }
+  | {
+      readonly event: 'connection_closed';
+      readonly connectionId: number;
+      readonly reason: TunnelCloseReason;
+    };
 
 export interface HostDiallerOptions {
   readonly cluster: string;
   readonly host: HostPort;
   readonly tunnels: number;
   readonly identity: Identity;
-  readonly requestPath: string;
-  readonly headerPrefix: string;
-  readonly handshakeTimeoutMs: number;
+  readonly handshake: InitiatorConfig['handshake'];
   readonly maxBackoffMs: number;
   readonly statPrefix: string;
+  readonly detailedStats: boolean;
   readonly stats: StatsRegistry;
   readonly logger: Logger;
   readonly tunnel: Pick<InitiatorTunnelOptions, 'settings' | 'onStream'>;
-  readonly events: DiallerEvents;
+  /** Hands out connection ids, unique in the initiator. */
+  readonly nextConnectionId: () => number;
+  readonly onEvent: (dialler: HostDialler, event: DiallerEvent) => void;
 }
 
 /**
@@ -51,8 +64,14 @@ const stableAfterMs = 1000;
 /** Cap on the handshake response head; Envoy's responses are a few dozen bytes. */
 const maxResponseHeadBytes = 16 * 1024;
 
+/** Cap on a header value read from a file (a bearer token). */
+const maxHeaderFileBytes = 16 * 1024;
+
+/** Connect errors that mean the attempt never reached a responder: Envoy's `cannot_connect`. */
+const unresolved = new Set(['ENOTFOUND', 'EAI_AGAIN', 'EAI_FAIL', 'EAI_NONAME']);
+
 interface Slot {
-  state: 'empty' | 'connecting' | 'connected';
+  state: SlotState | 'empty';
   /** When this slot's first attempt began; retries keep it (the initiation-time header). */
   initiatedAt: number | undefined;
   socket: Socket | undefined;
@@ -60,6 +79,7 @@ interface Slot {
 }
 
 export class HostDialler {
+  readonly cluster: string;
   readonly hostText: string;
   readonly #options: HostDiallerOptions;
   readonly #gauges: StateGauges;
@@ -71,6 +91,7 @@ export class HostDialler {
 
   constructor(options: HostDiallerOptions) {
     this.#options = options;
+    this.cluster = options.cluster;
     this.hostText = formatHostPort(options.host);
     this.#gauges = new StateGauges(
       options.stats,
@@ -95,11 +116,14 @@ export class HostDialler {
   close(): Promise<void> {
     this.#closed = true;
     clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    this.#gauges.setHost('backoff', 0);
     for (const slot of this.#slots) {
       if (slot.state === 'connecting') slot.socket?.destroy();
+      else if (slot.state !== 'connected') this.#set(slot, 'empty');
       slot.tunnel?.close();
     }
-    if (this.#slots.every((slot) => slot.state === 'empty')) return Promise.resolve();
+    if (this.#allEmpty()) return Promise.resolve();
     return new Promise((resolve) => this.#closeWaiters.push(resolve));
   }
 
@@ -113,14 +137,39 @@ export class HostDialler {
 
   #fill(): void {
     if (this.#closed || this.#retryTimer !== undefined) return;
-    for (const slot of this.#slots) if (slot.state === 'empty') this.#dial(slot);
+    for (const slot of this.#slots) {
+      if (slot.state === 'connecting' || slot.state === 'connected') continue;
+      this.#dial(slot).catch((error: unknown) => {
+        this.#options.logger.error({ err: error }, 'dialling failed unexpectedly');
+      });
+    }
   }
 
-  #dial(slot: Slot): void {
-    const { host, logger } = this.#options;
-    slot.state = 'connecting';
+  #set(slot: Slot, state: Slot['state']): void {
+    if (slot.state !== 'empty') this.#gauges.add(slot.state, -1);
+    if (state !== 'empty') this.#gauges.add(state, 1);
+    slot.state = state;
+  }
+
+  async #dial(slot: Slot): Promise<void> {
+    const { host, handshake, logger } = this.#options;
+    this.#set(slot, 'connecting');
     slot.initiatedAt ??= Date.now();
-    this.#gauges.add('connecting', 1);
+    const connectionId = this.#options.nextConnectionId();
+    // Header values from files are read at every dial, so a rotated token is picked up.
+    let extraHeaders: Array<[string, string]>;
+    try {
+      extraHeaders = await Promise.all(handshake.headers.map(readHeader));
+    } catch (error) {
+      this.#set(slot, 'cannot_connect');
+      this.#failed(connectionId, 'header_file_error', describeError(error), undefined);
+      return;
+    }
+    if (this.#closed) {
+      this.#set(slot, 'empty');
+      this.#notifyIfEmpty();
+      return;
+    }
     const socket = net.connect({ host: host.host, port: host.port, noDelay: true });
     slot.socket = socket;
     const parser = new ResponseHeadParser({ maxHeadBytes: maxResponseHeadBytes, maxHeaders: 100 });
@@ -133,30 +182,36 @@ export class HostDialler {
       socket.removeListener('data', onData);
       socket.removeListener('error', onError);
       socket.removeListener('close', onClose);
-      this.#gauges.add('connecting', -1);
       return true;
     };
-    const fail = (reason: string, detail?: string) => {
+    const fail = (
+      reason: string,
+      detail: string | undefined,
+      state: SlotState = 'failed',
+      retryAfterSeconds?: number,
+    ) => {
       if (!settle()) return;
       socket.on('error', () => {});
       socket.destroy();
-      slot.state = 'empty';
       slot.socket = undefined;
-      this.#failed(reason, detail);
+      this.#set(slot, this.#closed ? 'empty' : state);
+      this.#failed(connectionId, reason, detail, retryAfterSeconds);
     };
     const timer = setTimeout(
-      () => fail('timeout', `no complete answer within ${this.#options.handshakeTimeoutMs} ms`),
-      this.#options.handshakeTimeoutMs,
+      () => fail('timeout', `no complete answer within ${handshake.timeout} ms`),
+      handshake.timeout,
     );
     const onConnect = () => {
       socket.write(
         buildHandshakeRequest({
           identity: this.#options.identity,
           host: this.hostText,
-          path: this.#options.requestPath,
-          headerPrefix: this.#options.headerPrefix,
+          path: handshake.request_path,
+          headerPrefix: handshake.header_prefix,
+          upgrade: handshake.use_http_upgrade,
           upstreamClusterName: this.#options.cluster,
           initiationTimeMs: slot.initiatedAt ?? Date.now(),
+          extraHeaders,
         }),
       );
     };
@@ -167,51 +222,66 @@ export class HostDialler {
         fail('parse_error', result.reason);
         return;
       }
-      const outcome = evaluateHandshakeResponse(result.head);
+      const outcome = evaluateHandshakeResponse(result.head, {
+        upgrade: handshake.use_http_upgrade,
+      });
       if (!outcome.ok) {
-        fail(outcome.reason, `${result.head.status} ${result.head.reason}`);
+        const status = `${result.head.status} ${result.head.reason}`.trim();
+        fail(outcome.reason, status, 'failed', outcome.retryAfterSeconds);
         return;
       }
       settle();
-      this.#established(slot, socket, result.rest);
+      this.#established(slot, socket, result.rest, connectionId);
     };
-    const onError = (error: Error) => fail('connect_error', describeError(error));
+    const onError = (error: NodeJS.ErrnoException) => {
+      const never = error.code !== undefined && unresolved.has(error.code);
+      fail(
+        never ? 'cannot_connect' : 'connect_error',
+        describeError(error),
+        never ? 'cannot_connect' : 'failed',
+      );
+    };
     const onClose = () => fail('closed', 'the responder closed the connection before answering');
     socket.on('connect', onConnect);
     socket.on('data', onData);
     socket.on('error', onError);
     socket.on('close', onClose);
-    logger.debug({ cluster: this.#options.cluster, host: this.hostText }, 'dialling');
+    logger.debug(
+      { cluster: this.#options.cluster, host: this.hostText, connection_id: connectionId },
+      'dialling',
+    );
   }
 
-  #established(slot: Slot, socket: Socket, leftover: Buffer): void {
-    const { cluster, events } = this.#options;
+  #established(slot: Slot, socket: Socket, leftover: Buffer, connectionId: number): void {
+    if (this.#backoff.failures > 0) {
+      // Envoy's synthetic backoff entry becomes `recovered` when a success resets the backoff.
+      this.#gauges.setHost('recovered', 1);
+    }
     this.#backoff.reset();
-    this.#gauges.add('connected', 1);
-    slot.state = 'connected';
-    events.handshake_success(cluster, this.hostText);
+    this.#set(slot, 'connected');
+    this.#count('success');
+    this.#options.onEvent(this, { event: 'handshake_success', connectionId });
     const tunnel = new InitiatorTunnel(socket, {
       ...this.#options.tunnel,
       onClose: (reason, error) => {
-        this.#gauges.add('connected', -1);
-        slot.state = 'empty';
         slot.socket = undefined;
         slot.tunnel = undefined;
         slot.initiatedAt = undefined;
-        events.connection_closed(cluster, this.hostText, reason);
+        this.#set(slot, 'empty');
+        this.#options.onEvent(this, { event: 'connection_closed', connectionId, reason });
         if (error !== undefined) this.#options.logger.debug({ err: error }, 'tunnel socket error');
         if (this.#closed) {
           this.#notifyIfEmpty();
           return;
         }
-        if (
-          !tunnel.active &&
-          Date.now() - tunnel.establishedAt < stableAfterMs &&
-          reason !== 'local_close'
-        ) {
+        const early = Date.now() - tunnel.establishedAt < stableAfterMs;
+        if (!tunnel.active && early && reason !== 'local_close') {
+          this.#set(slot, 'failed');
           this.#failed(
+            connectionId,
             'closed_early',
             `the responder closed an idle tunnel within ${stableAfterMs} ms`,
+            undefined,
           );
           return;
         }
@@ -223,17 +293,35 @@ export class HostDialler {
     tunnel.start(leftover);
   }
 
-  #failed(reason: string, detail: string | undefined): void {
-    const { cluster, events, logger } = this.#options;
+  #failed(
+    connectionId: number,
+    reason: string,
+    detail: string | undefined,
+    retryAfterSeconds: number | undefined,
+  ): void {
+    const { cluster, logger } = this.#options;
     if (this.#closed) {
       // A handshake cut short by close() is not a failure of the responder.
       this.#notifyIfEmpty();
       return;
     }
-    events.handshake_failure(cluster, this.hostText, reason);
+    this.#count('failed', reason);
+    this.#options.onEvent(this, {
+      event: 'handshake_failure',
+      connectionId,
+      error: reason,
+      detail,
+    });
     // Slots failing together are one failure: the first starts the wait, the others join it.
     if (this.#retryTimer !== undefined) return;
-    const delayMs = this.#backoff.fail();
+    const computed = this.#backoff.fail();
+    // Retry-After replaces the computed delay, capped by max_reconnect_backoff (reference §4).
+    const delayMs =
+      retryAfterSeconds === undefined
+        ? computed
+        : Math.min(retryAfterSeconds * 1000, this.#options.maxBackoffMs);
+    this.#gauges.setHost('recovered', 0);
+    this.#gauges.setHost('backoff', 1);
     logger.warn(
       {
         cluster,
@@ -241,20 +329,50 @@ export class HostDialler {
         reason,
         detail,
         retry_in_ms: delayMs,
+        retry_after_s: retryAfterSeconds,
         failures: this.#backoff.failures,
       },
       'tunnel handshake failed',
     );
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined;
+      this.#gauges.setHost('backoff', 0);
       this.#fill();
     }, delayMs);
   }
 
+  /** `<prefix>.handshake` by result and failure reason, with detailed stats (reference §9). */
+  #count(result: 'success' | 'failed', reason?: string): void {
+    if (!this.#options.detailedStats) return;
+    const { stats, statPrefix, cluster } = this.#options;
+    const base = `${statPrefix}.handshake.worker.worker_0.cluster.${cluster}.result.${result}`;
+    stats.counter(reason === undefined ? base : `${base}.failure_reason.${reason}`).inc();
+  }
+
+  #allEmpty(): boolean {
+    return this.#slots.every((slot) => slot.state === 'empty');
+  }
+
   #notifyIfEmpty(): void {
-    if (!this.#slots.every((slot) => slot.state === 'empty')) return;
+    if (!this.#allEmpty()) return;
     const waiters = this.#closeWaiters;
     this.#closeWaiters = [];
     for (const waiter of waiters) waiter();
   }
+}
+
+/** A configured handshake header's value, read from its file when it has one. */
+async function readHeader(
+  header: InitiatorConfig['handshake']['headers'][number],
+): Promise<[string, string]> {
+  if (header.value_file === undefined) return [header.name, header.value ?? ''];
+  const content = await readFile(header.value_file, 'utf8');
+  if (content.length > maxHeaderFileBytes) {
+    throw new Error(`${header.value_file} is larger than ${maxHeaderFileBytes} bytes`);
+  }
+  const value = content.trim();
+  if (!/^[\t\x20-\x7e\x80-\xff]*$/.test(value)) {
+    throw new Error(`${header.value_file} holds characters a header value cannot carry`);
+  }
+  return [header.name, value];
 }

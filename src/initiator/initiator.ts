@@ -16,10 +16,15 @@ import {
   type CloseOptions,
   type StartOptions,
 } from '../shared/lifecycle.ts';
+import {
+  openLifecycleLog,
+  type LifecycleRecord,
+  type LifecycleSink,
+} from '../shared/lifecycle-log.ts';
 import { silentLogger, type Logger } from '../shared/logger.ts';
 import { StatsRegistry } from '../shared/stats.ts';
 import { AdminServer } from '../admin/admin-server.ts';
-import { HostDialler } from './host-dialler.ts';
+import { HostDialler, type DiallerEvent } from './host-dialler.ts';
 import { LocalRouter } from './local-router.ts';
 import type { TunnelCloseReason } from './tunnel.ts';
 
@@ -32,6 +37,8 @@ export interface InitiatorEvents {
   handshake_success: [cluster: string, host: string];
   handshake_failure: [cluster: string, host: string, reason: string];
   connection_closed: [cluster: string, host: string, reason: TunnelCloseReason];
+  /** Every record the lifecycle log writes, with Envoy's field names. */
+  lifecycle: [record: LifecycleRecord];
 }
 
 export class Initiator extends EventEmitter<InitiatorEvents> {
@@ -41,6 +48,7 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
   readonly #router: LocalRouter;
   readonly #diallers: HostDialler[];
   readonly #admin: AdminServer | undefined;
+  readonly #lifecycleLog: LifecycleSink | undefined;
   #addresses: InitiatorAddresses | undefined;
   #ready = false;
   readonly #signal: AbortSignal | undefined;
@@ -60,34 +68,14 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
       clusterId: config.cluster_id,
       tenantId: config.tenant_id,
     };
-    const events = {
-      handshake_success: (cluster: string, host: string) => {
-        logger.info(
-          { event: 'handshake_success', upstream_cluster: cluster, host_address: host },
-          'tunnel established',
-        );
-        this.emit('handshake_success', cluster, host);
-      },
-      handshake_failure: (cluster: string, host: string, reason: string) => {
-        logger.info(
-          {
-            event: 'handshake_failure',
-            upstream_cluster: cluster,
-            host_address: host,
-            error: reason,
-          },
-          'tunnel handshake failed',
-        );
-        this.emit('handshake_failure', cluster, host, reason);
-      },
-      connection_closed: (cluster: string, host: string, reason: TunnelCloseReason) => {
-        logger.info(
-          { event: 'connection_closed', upstream_cluster: cluster, host_address: host, reason },
-          'tunnel closed',
-        );
-        this.emit('connection_closed', cluster, host, reason);
-      },
-    };
+    this.#lifecycleLog =
+      config.lifecycle_log === undefined
+        ? undefined
+        : openLifecycleLog(
+            config.lifecycle_log.path,
+            this.stats.counter('revtun.lifecycle_log.dropped'),
+          );
+    let connectionIds = 0;
     this.#diallers = config.remote_clusters.flatMap((cluster) =>
       cluster.hosts.map(
         (host) =>
@@ -96,18 +84,18 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
             host,
             tunnels: cluster.tunnels_per_host,
             identity,
-            requestPath: config.handshake.request_path,
-            headerPrefix: config.handshake.header_prefix,
-            handshakeTimeoutMs: config.handshake.timeout,
+            handshake: config.handshake,
             maxBackoffMs: config.max_reconnect_backoff,
             statPrefix: config.stat_prefix,
+            detailedStats: config.enable_detailed_stats,
             stats: this.stats,
             logger,
             tunnel: {
               settings: { enablePush: false, maxConcurrentStreams: config.max_concurrent_streams },
               onStream: (stream, headers, flags) => this.#router.handle(stream, headers, flags),
             },
-            events,
+            nextConnectionId: () => (connectionIds += 1),
+            onEvent: (dialler, event) => this.#onDiallerEvent(dialler, event),
           }),
       ),
     );
@@ -121,6 +109,32 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
             ready: () => this.#ready,
             logger,
           });
+  }
+
+  #onDiallerEvent(dialler: HostDialler, event: DiallerEvent): void {
+    const { config } = this;
+    const record: LifecycleRecord = {
+      event: event.event,
+      node_id: config.node_id,
+      cluster_id: config.cluster_id,
+      tenant_id: config.tenant_id,
+      upstream_cluster: dialler.cluster,
+      host_address: dialler.hostText,
+      worker_id: 'worker_0',
+      connection_id: event.connectionId,
+      ...(event.event === 'handshake_failure' ? { error: event.error, detail: event.detail } : {}),
+      ...(event.event === 'connection_closed' ? { reason: event.reason } : {}),
+    };
+    this.#lifecycleLog?.write(record);
+    this.emit('lifecycle', record);
+    this.#logger.info(record, event.event.replaceAll('_', ' '));
+    if (event.event === 'handshake_success') {
+      this.emit('handshake_success', dialler.cluster, dialler.hostText);
+    } else if (event.event === 'handshake_failure') {
+      this.emit('handshake_failure', dialler.cluster, dialler.hostText, event.error);
+    } else {
+      this.emit('connection_closed', dialler.cluster, dialler.hostText, event.reason);
+    }
   }
 
   get addresses(): InitiatorAddresses {
@@ -149,6 +163,7 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
     for (const dialler of this.#diallers) dialler.destroy();
     this.#router.destroy();
     await this.#admin?.close();
+    await this.#lifecycleLog?.close();
     this.#logger.debug('initiator closed');
   });
 

@@ -6,26 +6,54 @@
  *   <prefix>.cluster.<remote_cluster>.<state>      <prefix>.worker_0.cluster.<remote_cluster>.<state>
  *   <prefix>.host.<host:port>.<state>              <prefix>.worker_0.host.<host:port>.<state>
  *
- * `connected` counts established tunnels (idle and in use); `connecting` counts handshakes in flight.
+ * A tunnel slot holds one of `connecting` (handshake in flight), `connected` (established, idle or
+ * in use), `failed` (its last attempt failed; it waits for the retry) or `cannot_connect` (its
+ * attempt never reached a responder). A host holds `backoff` while it waits after a failure, and
+ * `recovered` once a success has reset that backoff. `connected` and `connecting` always exist, as
+ * in the sandbox's output; the others appear when first used.
  */
 import type { Gauge, StatsRegistry } from '../shared/stats.ts';
 
-export type TunnelState = 'connected' | 'connecting';
+export type SlotState = 'connecting' | 'connected' | 'failed' | 'cannot_connect';
+export type HostState = 'backoff' | 'recovered';
 
 export class StateGauges {
-  readonly #gauges: Record<TunnelState, Gauge[]>;
+  readonly #stats: StatsRegistry;
+  readonly #names: (state: SlotState | HostState) => string[];
+  readonly #gauges = new Map<SlotState | HostState, Gauge[]>();
+  readonly #host = new Map<HostState, number>();
 
   constructor(stats: StatsRegistry, prefix: string, cluster: string, host: string) {
-    const make = (state: TunnelState) => [
-      stats.gauge(`${prefix}.cluster.${cluster}.${state}`),
-      stats.gauge(`${prefix}.host.${host}.${state}`),
-      stats.gauge(`${prefix}.worker_0.cluster.${cluster}.${state}`),
-      stats.gauge(`${prefix}.worker_0.host.${host}.${state}`),
+    this.#stats = stats;
+    this.#names = (state) => [
+      `${prefix}.cluster.${cluster}.${state}`,
+      `${prefix}.host.${host}.${state}`,
+      `${prefix}.worker_0.cluster.${cluster}.${state}`,
+      `${prefix}.worker_0.host.${host}.${state}`,
     ];
-    this.#gauges = { connected: make('connected'), connecting: make('connecting') };
+    this.#of('connected');
+    this.#of('connecting');
   }
 
-  add(state: TunnelState, delta: number): void {
-    for (const gauge of this.#gauges[state]) gauge.inc(delta);
+  /** Moves `delta` slots into (or, negative, out of) a slot state. */
+  add(state: SlotState, delta: number): void {
+    for (const gauge of this.#of(state)) gauge.inc(delta);
+  }
+
+  /** Sets this host's synthetic entry for a host state (0 or 1); the cluster gauges follow. */
+  setHost(state: HostState, value: 0 | 1): void {
+    const delta = value - (this.#host.get(state) ?? 0);
+    if (delta === 0) return;
+    this.#host.set(state, value);
+    for (const gauge of this.#of(state)) gauge.inc(delta);
+  }
+
+  #of(state: SlotState | HostState): Gauge[] {
+    let gauges = this.#gauges.get(state);
+    if (gauges === undefined) {
+      gauges = this.#names(state).map((name) => this.#stats.gauge(name));
+      this.#gauges.set(state, gauges);
+    }
+    return gauges;
   }
 }

@@ -214,7 +214,7 @@ describe('validateHandshakeRequest', () => {
       'a ":" in an id',
       request(['x-envoy-reverse-tunnel-node-id: a:b', ...ids.slice(1)]),
       400,
-      'Invalid node-id header value: identifiers are 1-128 characters of [A-Za-z0-9._-]',
+      "Reverse tunnel identifiers must not contain ':' (node-id)",
       'parse_error',
     ],
     [
@@ -279,12 +279,52 @@ describe('handshake responses', () => {
       ok: false,
       reason: 'http.500',
       status: 500,
+      retryAfterSeconds: undefined,
     });
     assert.deepEqual(evaluate('HTTP/1.1 101 Switching Protocols\r\n\r\n'), {
       ok: false,
       reason: 'http.101',
       status: 101,
+      retryAfterSeconds: undefined,
     });
+  });
+
+  it('reads Retry-After in seconds on 429 and 503, clamped to 3600, ignoring 0 and dates', () => {
+    const retry = (status: string, value: string) => {
+      const outcome = evaluate(
+        `HTTP/1.1 ${status}\r\nretry-after: ${value}\r\ncontent-length: 0\r\n\r\n`,
+      );
+      return outcome.ok ? 'ok' : outcome.retryAfterSeconds;
+    };
+    assert.equal(retry('429 Too Many Requests', '20'), 20);
+    assert.equal(retry('503 Service Unavailable', '7'), 7);
+    assert.equal(retry('429 Too Many Requests', '90000'), 3600);
+    assert.equal(retry('429 Too Many Requests', '0'), undefined);
+    assert.equal(retry('429 Too Many Requests', 'Wed, 21 Oct 2026 07:28:00 GMT'), undefined);
+    assert.equal(retry('500 Internal Server Error', '20'), undefined);
+  });
+
+  it('in Upgrade mode takes only a 101 as success, and a 200 as a failure', () => {
+    const head = (text: string) => {
+      const result = new ResponseHeadParser().push(Buffer.from(text));
+      assert.equal(result.state, 'complete');
+      return result.head;
+    };
+    assert.deepEqual(
+      evaluateHandshakeResponse(
+        head(
+          'HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: reverse-tunnel\r\n\r\n',
+        ),
+        { upgrade: true },
+      ),
+      { ok: true },
+    );
+    assert.equal(
+      evaluateHandshakeResponse(head('HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n'), {
+        upgrade: true,
+      }).ok,
+      false,
+    );
   });
 
   it('fails a 200 that declares a body', () => {

@@ -21,6 +21,9 @@ export interface Identity {
   readonly tenantId: string;
 }
 
+/** Upgrade mode's fixed token (reference §2; #45330, to make it configurable, was closed). */
+export const upgradeToken = 'reverse-tunnel';
+
 /** Handshake header names for a header prefix, lower-case (reference §2 table). */
 export function handshakeHeaderNames(prefix: string = defaultHeaderPrefix) {
   const base = `${prefix.toLowerCase()}-reverse-tunnel`;
@@ -30,6 +33,8 @@ export function handshakeHeaderNames(prefix: string = defaultHeaderPrefix) {
     tenantId: `${base}-tenant-id`,
     upstreamClusterName: `${base}-upstream-cluster-name`,
     initiationTime: `${base}-initiation-time`,
+    workerId: `${base}-worker-id`,
+    connectionId: `${base}-connection-id`,
   } as const;
 }
 
@@ -53,6 +58,10 @@ export interface HandshakeRequestOptions {
   readonly upstreamClusterName?: string;
   /** Unix epoch ms at which this tunnel slot's first attempt began; retries keep it. */
   readonly initiationTimeMs?: number;
+  /** Upgrade mode: `connection: Upgrade` and `upgrade: reverse-tunnel` after `host`. */
+  readonly upgrade?: boolean;
+  /** Configured extra headers (e.g. authorization), after the identity headers. */
+  readonly extraHeaders?: ReadonlyArray<readonly [name: string, value: string]>;
 }
 
 /**
@@ -61,19 +70,20 @@ export interface HandshakeRequestOptions {
  */
 export function buildHandshakeRequest(options: HandshakeRequestOptions): Buffer {
   const names = handshakeHeaderNames(options.headerPrefix);
-  const lines = [
-    `GET ${options.path ?? defaultRequestPath} HTTP/1.1`,
-    `host: ${options.host}`,
+  const lines = [`GET ${options.path ?? defaultRequestPath} HTTP/1.1`, `host: ${options.host}`];
+  if (options.upgrade === true) lines.push('connection: Upgrade', `upgrade: ${upgradeToken}`);
+  lines.push(
     `${names.nodeId}: ${options.identity.nodeId}`,
     `${names.clusterId}: ${options.identity.clusterId}`,
     `${names.tenantId}: ${options.identity.tenantId}`,
-  ];
+  );
   if (options.upstreamClusterName !== undefined) {
     lines.push(`${names.upstreamClusterName}: ${options.upstreamClusterName}`);
   }
   if (options.initiationTimeMs !== undefined) {
     lines.push(`${names.initiationTime}: ${Math.trunc(options.initiationTimeMs)}`);
   }
+  for (const [name, value] of options.extraHeaders ?? []) lines.push(`${name}: ${value}`);
   lines.push('content-length: 0', '', '');
   return Buffer.from(lines.join('\r\n'), 'latin1');
 }
@@ -82,14 +92,24 @@ export function buildHandshakeRequest(options: HandshakeRequestOptions): Buffer 
 // Responder side
 // ---------------------------------------------------------------------------------------------
 
-/** `reverse_tunnel.handshake.<name>` counters (reference §3), with no stat prefix. */
-export type HandshakeCounter = 'accepted' | 'parse_error' | 'body_rejected' | 'timeout';
+/** `reverse_tunnel.handshake.<name>` counters (reference §3, §9), with no stat prefix. */
+export const handshakeCounters = [
+  'accepted',
+  'parse_error',
+  'validation_failed',
+  'rejected',
+  'body_rejected',
+  'timeout',
+] as const;
+export type HandshakeCounter = (typeof handshakeCounters)[number];
 
 export interface HandshakeRejection {
   readonly status: number;
   readonly body: string;
   /** The counter this rejection increments, if any (a wrong path increments none). */
   readonly counter: HandshakeCounter | undefined;
+  /** Extra response headers: `upgrade` on 426, `retry-after` on 429. */
+  readonly headers?: ReadonlyArray<readonly [name: string, value: string]>;
 }
 
 export interface AcceptedHandshake {
@@ -99,27 +119,56 @@ export interface AcceptedHandshake {
   readonly initiationTimeMs: number;
   /** Set when the initiation-time header was present but not a decimal int64. */
   readonly badInitiationTime: string | undefined;
+  /** The initiator's optional worker-id and connection-id headers, for lifecycle logs. */
+  readonly initiatorWorkerId: string | undefined;
+  readonly initiatorConnectionId: string | undefined;
 }
 
 export type HandshakeDecision =
   | { readonly accepted: true; readonly handshake: AcceptedHandshake }
   | { readonly accepted: false; readonly rejection: HandshakeRejection };
 
+/** What a claimed id is compared with: a literal, or a header of the handshake request. */
+export type ExpectedId = { readonly literal: string } | { readonly header: string };
+
 export interface HandshakeValidationOptions {
   readonly requestPath: string;
   readonly requestMethod: string;
   readonly headerPrefix: string;
+  /** Upgrade mode: `upgrade: reverse-tunnel` required (else 426). */
+  readonly useHttpUpgrade?: boolean;
+  /** When set, the upstream-cluster-name header must be present and equal. */
+  readonly requiredClusterName?: string | undefined;
+  /** Expected ids; a claimed id that differs gets 403. */
+  readonly validation?:
+    | {
+        readonly node_id?: ExpectedId | undefined;
+        readonly cluster_id?: ExpectedId | undefined;
+        readonly tenant_id?: ExpectedId | undefined;
+      }
+    | undefined;
+  /** Tunnels a node may hold (per tenant+node under isolation); more get 429. */
+  readonly maxTunnelsPerNode?: number | undefined;
+  /** Seconds for the Retry-After of that 429. */
+  readonly retryAfterSeconds?: number;
+  /** How many tunnels this identity's node holds now (for the per-node limit). */
+  readonly tunnelsOf?: (identity: Identity) => number;
 }
 
 const reject = (
   status: number,
   body: string,
   counter: HandshakeCounter | undefined,
-): HandshakeDecision => ({ accepted: false, rejection: { status, body, counter } });
+  headers?: ReadonlyArray<readonly [string, string]>,
+): HandshakeDecision => ({
+  accepted: false,
+  rejection: headers === undefined ? { status, body, counter } : { status, body, counter, headers },
+});
 
 /**
  * Decides on a parsed handshake request. Checks run in Envoy's order and the first match decides
- * (reference §3, source/extensions/filters/network/reverse_tunnel/reverse_tunnel_filter.cc).
+ * (reference §3, source/extensions/filters/network/reverse_tunnel/reverse_tunnel_filter.cc). JWT
+ * (check 7) comes with the security work.
  */
 export function validateHandshakeRequest(
   head: RequestHead,
@@ -140,6 +189,15 @@ export function validateHandshakeRequest(
   ) {
     return reject(404, 'Not a reverse tunnel request', undefined);
   }
+  // 2. Upgrade mode: the upgrade token, case-insensitively.
+  if (options.useHttpUpgrade === true) {
+    const upgrade = headerValues(head.headers, 'upgrade').join(',').trim().toLowerCase();
+    if (upgrade !== upgradeToken) {
+      return reject(426, 'Upgrade: reverse-tunnel required', 'parse_error', [
+        ['upgrade', upgradeToken],
+      ]);
+    }
+  }
   // 3. Identity headers present, each exactly once.
   const names = handshakeHeaderNames(options.headerPrefix);
   const nodeId = single(head.headers, names.nodeId);
@@ -156,11 +214,20 @@ export function validateHandshakeRequest(
   if (tenantId === '') return reject(400, 'Empty tenant-id header value', 'parse_error');
   if (nodeId === '') return reject(400, 'Empty node-id header value', 'parse_error');
   if (clusterId === '') return reject(400, 'Empty cluster-id header value', 'parse_error');
+  // 5. Identifiers. Envoy bans ':' under tenant isolation (it joins keys as tenant:node); revtun
+  // bans it always, and limits ids to [A-Za-z0-9._-] because they appear in stat names.
   for (const [what, value] of [
     ['node-id', nodeId],
     ['cluster-id', clusterId],
     ['tenant-id', tenantId],
   ] as const) {
+    if (value.includes(':')) {
+      return reject(
+        400,
+        `Reverse tunnel identifiers must not contain ':' (${what})`,
+        'parse_error',
+      );
+    }
     if (!isValidIdentifier(value)) {
       return reject(
         400,
@@ -169,7 +236,43 @@ export function validateHandshakeRequest(
       );
     }
   }
+  // 6. The initiator's name for this responder's cluster.
   const upstreamClusterName = headerValues(head.headers, names.upstreamClusterName)[0];
+  if (options.requiredClusterName !== undefined) {
+    if (upstreamClusterName === undefined) {
+      return reject(400, 'Missing upstream cluster name header', 'parse_error');
+    }
+    if (upstreamClusterName !== options.requiredClusterName) {
+      return reject(400, 'Cluster name mismatch', 'validation_failed');
+    }
+  }
+  const identity = { nodeId, clusterId, tenantId };
+  // 8. The per-node tunnel limit, with a Retry-After (reference §4 "Retry-After", §12 #9).
+  if (
+    options.maxTunnelsPerNode !== undefined &&
+    (options.tunnelsOf?.(identity) ?? 0) >= options.maxTunnelsPerNode
+  ) {
+    return reject(429, 'rejected', 'rejected', [
+      ['retry-after', String(options.retryAfterSeconds ?? 10)],
+    ]);
+  }
+  // 9. Expected ids. A missing header renders as "-", and an empty or "-" expectation never
+  // matches (the newest Envoy's behaviour).
+  for (const [key, claimed] of [
+    ['node_id', nodeId],
+    ['cluster_id', clusterId],
+    ['tenant_id', tenantId],
+  ] as const) {
+    const expected = options.validation?.[key];
+    if (expected === undefined) continue;
+    const value =
+      'literal' in expected
+        ? expected.literal
+        : (headerValues(head.headers, expected.header)[0] ?? '-');
+    if (value === '' || value === '-' || value !== claimed) {
+      return reject(403, 'validation_failed', 'validation_failed');
+    }
+  }
   const initiationTime = headerValues(head.headers, names.initiationTime)[0];
   let initiationTimeMs = 0;
   let badInitiationTime: string | undefined;
@@ -181,10 +284,12 @@ export function validateHandshakeRequest(
   return {
     accepted: true,
     handshake: {
-      identity: { nodeId, clusterId, tenantId },
+      identity,
       upstreamClusterName,
       initiationTimeMs,
       badInitiationTime,
+      initiatorWorkerId: headerValues(head.headers, names.workerId)[0],
+      initiatorConnectionId: headerValues(head.headers, names.connectionId)[0],
     },
   };
 }
@@ -205,9 +310,18 @@ export const handshakeAcceptedResponse = Buffer.from(
   'latin1',
 );
 
+/** Upgrade mode's success (reference §3 "Upgrade mode"); tunnel bytes follow at once. */
+export const handshakeUpgradedResponse = Buffer.from(
+  `HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: ${upgradeToken}\r\n\r\n`,
+  'latin1',
+);
+
 const reasonPhrases: Record<number, string> = {
   400: 'Bad Request',
+  403: 'Forbidden',
   404: 'Not Found',
+  426: 'Upgrade Required',
+  429: 'Too Many Requests',
   431: 'Request Header Fields Too Large',
 };
 
@@ -217,8 +331,10 @@ const reasonPhrases: Record<number, string> = {
  */
 export function buildHandshakeRejection(rejection: HandshakeRejection): Buffer {
   const body = Buffer.from(rejection.body, 'utf8');
+  const extra = (rejection.headers ?? []).map(([name, value]) => `${name}: ${value}\r\n`).join('');
   const head =
     `HTTP/1.1 ${rejection.status} ${reasonPhrases[rejection.status] ?? 'Error'}\r\n` +
+    extra +
     'content-type: text/plain\r\n' +
     `content-length: ${body.length}\r\n` +
     'connection: close\r\n\r\n';
@@ -230,20 +346,55 @@ export function buildHandshakeRejection(rejection: HandshakeRejection): Buffer {
 // ---------------------------------------------------------------------------------------------
 
 export type HandshakeOutcome =
-  { readonly ok: true } | { readonly ok: false; readonly reason: string; readonly status: number };
+  | { readonly ok: true }
+  | {
+      readonly ok: false;
+      readonly reason: string;
+      readonly status: number;
+      /** A usable Retry-After (429 or 503), in seconds, clamped to 3600. */
+      readonly retryAfterSeconds: number | undefined;
+    };
 
 /**
- * Judges the responder's answer (reference §4): success is a 200 without a body; anything else is
- * a failure with reason `http.<status>`. The response is parsed, never byte-compared.
+ * Judges the responder's answer (reference §4): success is a 200 without a body, or a 101 in
+ * Upgrade mode; anything else, including 200 in Upgrade mode and 101 outside it, is a failure with
+ * reason `http.<status>`. The response is parsed, never byte-compared.
  */
-export function evaluateHandshakeResponse(head: ResponseHead): HandshakeOutcome {
-  if (head.status !== 200) {
-    return { ok: false, reason: `http.${head.status}`, status: head.status };
+export function evaluateHandshakeResponse(
+  head: ResponseHead,
+  options: { readonly upgrade?: boolean } = {},
+): HandshakeOutcome {
+  const expected = options.upgrade === true ? 101 : 200;
+  if (head.status !== expected) {
+    return {
+      ok: false,
+      reason: `http.${head.status}`,
+      status: head.status,
+      retryAfterSeconds: head.status === 429 || head.status === 503 ? retryAfter(head) : undefined,
+    };
   }
   const lengths = headerValues(head.headers, 'content-length');
   const declaresBody =
     headerValues(head.headers, 'transfer-encoding').length > 0 ||
     lengths.some((value) => !/^0+$/.test(value));
-  if (declaresBody) return { ok: false, reason: 'http.200_with_body', status: 200 };
+  if (declaresBody) {
+    return {
+      ok: false,
+      reason: `http.${expected}_with_body`,
+      status: expected,
+      retryAfterSeconds: undefined,
+    };
+  }
   return { ok: true };
+}
+
+/**
+ * Retry-After in delta-seconds; zero, unparseable values and HTTP-dates are ignored, and the value
+ * is clamped to 3600 s (reference §4, as Envoy).
+ */
+function retryAfter(head: ResponseHead): number | undefined {
+  const value = headerValues(head.headers, 'retry-after')[0]?.trim();
+  if (value === undefined || !/^\d{1,10}$/.test(value)) return undefined;
+  const seconds = Number(value);
+  return seconds === 0 ? undefined : Math.min(seconds, 3600);
 }

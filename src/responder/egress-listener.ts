@@ -17,12 +17,18 @@ import { resetStream, watchEndStream } from '../shared/http2-stream.ts';
 import { findRoute, pathOf } from '../shared/route-match.ts';
 import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
+import type { StatsRegistry } from '../shared/stats.ts';
 import type { TunnelRegistry } from './registry.ts';
+import { RequestHeaders } from './request-headers.ts';
+import type { LocalReply, RequestScript } from './request-script.ts';
 import type { TunnelSession } from './tunnel-session.ts';
 
 export interface EgressListenerOptions {
   readonly config: EgressListenerConfig;
   readonly registry: TunnelRegistry;
+  /** Tenant isolation: every request names its tenant, and lookups are by tenant. */
+  readonly tenantIsolation: boolean;
+  readonly stats: StatsRegistry;
   readonly logger: Logger;
   readonly index: number;
 }
@@ -30,6 +36,7 @@ export interface EgressListenerOptions {
 export class EgressListener {
   readonly #options: EgressListenerOptions;
   readonly #server: http.Server;
+  #script: RequestScript | undefined;
   #draining = false;
 
   constructor(options: EgressListenerOptions) {
@@ -61,12 +68,19 @@ export class EgressListener {
     });
   }
 
-  listen(): Promise<HostPort> {
-    return listen(
-      this.#server,
-      this.#options.config.address,
-      `egress listener ${this.#options.index}`,
-    );
+  /** Loads the request script, if any, then listens. */
+  async listen(): Promise<HostPort> {
+    const { config, logger, index } = this.#options;
+    if (config.lua !== undefined) {
+      // Loaded only when a script is configured: the Lua VM is a WebAssembly module.
+      const { loadRequestScript } = await import('./request-script.ts');
+      this.#script = await loadRequestScript({
+        inlineCode: config.lua.inline_code,
+        maxInstructions: config.lua.max_instructions,
+        logger: logger.child({ egress_listener: index }),
+      });
+    }
+    return listen(this.#server, config.address, `egress listener ${index}`);
   }
 
   /** Stops accepting connections; requests that arrive on kept-alive connections get 503. */
@@ -79,30 +93,60 @@ export class EgressListener {
 
   destroy(): void {
     this.#server.closeAllConnections();
+    this.#script?.close();
   }
 
   async #handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
-    const { config, registry } = this.#options;
+    const { config, registry, stats, logger } = this.#options;
     if (this.#draining) {
       response.shouldKeepAlive = false;
       reply(response, 503, 'the responder is shutting down');
       return;
     }
-    const path = request.url ?? '/';
-    const pathOnly = pathOf(path);
+    // The script sees the request first and may change its headers or answer it (Envoy runs the
+    // HTTP filters before the router).
+    const headers = new RequestHeaders(request.headers);
+    if (this.#script !== undefined) {
+      let local: LocalReply | undefined;
+      try {
+        local = this.#script.onRequest(headers);
+      } catch (error) {
+        logger.error({ err: error }, 'request script failed');
+        reply(response, 500, `request script failed: ${describeError(error)}`);
+        return;
+      }
+      if (local !== undefined) {
+        localReply(response, local);
+        return;
+      }
+    }
+    const pathOnly = pathOf(request.url ?? '/');
     const route = findRoute(config.routes, pathOnly);
     if (route === undefined) {
       reply(response, 404, `no route for path ${pathOnly}`);
       return;
     }
-    const headerNames = route.host_id_headers ?? config.host_id_headers;
-    const hostId = firstHeader(request, headerNames);
+    const hostIdHeaders = route.host_id_headers ?? config.host_id_headers;
+    const hostId = firstHeader(headers, hostIdHeaders);
     if (hostId === undefined) {
-      reply(response, 400, `no routing header: send one of ${headerNames.join(', ')}`);
+      reply(response, 400, `no routing header: send one of ${hostIdHeaders.join(', ')}`);
       return;
     }
-    const node = registry.resolve(hostId);
+    let tenantId = '';
+    if (this.#options.tenantIsolation) {
+      const tenantHeaders = route.tenant_id_headers ?? config.tenant_id_headers ?? [];
+      const tenant = firstHeader(headers, tenantHeaders);
+      // Envoy resolves an empty or "-" tenant to no host; revtun says what is missing.
+      if (tenant === undefined || tenant === '-') {
+        reply(response, 400, `no tenant header: send one of ${tenantHeaders.join(', ')}`);
+        return;
+      }
+      tenantId = tenant;
+    }
+    const cluster = `cluster.${route.cluster}`;
+    const node = registry.resolve(hostId, tenantId);
     if (node === undefined) {
+      stats.counter(`${cluster}.upstream_cx_none_healthy`).inc();
       reply(
         response,
         503,
@@ -115,21 +159,28 @@ export class EgressListener {
       session = await registry.acquire(node);
     } catch (error) {
       if (!isRevtunError(error)) throw error;
+      stats.counter(`${cluster}.upstream_cx_connect_fail`).inc();
       reply(response, error.status, `${error.message} (host id ${hostId})`);
       return;
     }
-    await forward(request, response, session, this.#options.logger);
+    stats.counter(`${cluster}.upstream_rq_total`).inc();
+    await forward(request, response, headers.toObject(), session, logger);
   }
 }
 
 /** The first of the headers that is present with a non-empty value. */
-function firstHeader(request: IncomingMessage, names: readonly string[]): string | undefined {
+function firstHeader(headers: RequestHeaders, names: readonly string[]): string | undefined {
   for (const name of names) {
-    const value = request.headers[name];
-    const text = (Array.isArray(value) ? value[0] : value)?.trim();
+    const text = headers.get(name)?.split(',', 1)[0]?.trim();
     if (text !== undefined && text !== '') return text;
   }
   return undefined;
+}
+
+function localReply(response: ServerResponse, local: LocalReply): void {
+  const body = Buffer.from(local.body, 'utf8');
+  response.writeHead(local.status, { ...local.headers, 'content-length': body.length });
+  response.end(body);
 }
 
 function reply(response: ServerResponse, status: number, message: string): void {
@@ -156,16 +207,18 @@ function hasBody(request: IncomingMessage): boolean {
 async function forward(
   request: IncomingMessage,
   response: ServerResponse,
+  requestHeaders: Record<string, string | string[]>,
   session: TunnelSession,
   logger: Logger,
 ): Promise<void> {
+  const host = requestHeaders['host'];
   const headers: OutgoingHttpHeaders = {
     ':method': request.method ?? 'GET',
     ':path': request.url ?? '/',
     ':scheme': 'http',
-    ':authority': request.headers.host ?? session.identity.nodeId,
+    ':authority': (Array.isArray(host) ? host[0] : host) ?? session.identity.nodeId,
   };
-  forEachEndToEndHeader(request.headers, (name, value) => {
+  forEachEndToEndHeader(requestHeaders, (name, value) => {
     if (name !== 'host') headers[name] = value;
   });
   const withBody = hasBody(request);

@@ -18,12 +18,22 @@ export type IdleCloseReason =
   | 'idle_protocol_error'
   | 'local_close';
 
+/** Envoy's idle-keepalive lifecycle events (reference §10). */
+export type IdlePingEvent = 'idle_ping_sent' | 'idle_ping_ack' | 'idle_ping_miss';
+
 export interface IdleTunnelOptions {
   readonly identity: Identity;
   readonly pingIntervalMs: number;
   readonly failureThreshold: number;
+  /** Called for every ping written, echo received and echo missed, with the misses so far. */
+  readonly onPing?: (event: IdlePingEvent, missCount: number) => void;
   /** Called once when the tunnel closes while idle (never after a checkout). */
-  readonly onClose: (tunnel: IdleTunnel, reason: IdleCloseReason, error?: Error) => void;
+  readonly onClose: (
+    tunnel: IdleTunnel,
+    reason: IdleCloseReason,
+    missCount: number,
+    error?: Error,
+  ) => void;
   readonly random?: () => number;
 }
 
@@ -134,11 +144,13 @@ export class IdleTunnel {
       if (error) this.#close('idle_ping_write_failure', error);
     });
     this.#deadlineTimer = setTimeout(this.#onDeadline, this.#echoDeadlineMs());
+    this.#options.onPing?.('idle_ping_sent', this.#misses);
   };
 
   #onDeadline = (): void => {
     this.#deadlineTimer = undefined;
     this.#misses += 1;
+    this.#options.onPing?.('idle_ping_miss', this.#misses);
     if (this.#misses >= this.#options.failureThreshold) {
       this.#close('idle_ping_timeout');
       return;
@@ -158,6 +170,7 @@ export class IdleTunnel {
     this.#owed -= echoes;
     this.#misses = 0;
     this.#lastAckAt = Date.now();
+    for (let i = 0; i < echoes; i += 1) this.#options.onPing?.('idle_ping_ack', 0);
     if (this.#deadlineTimer !== undefined && this.#owed === 0) {
       clearTimeout(this.#deadlineTimer);
       this.#deadlineTimer = undefined;
@@ -182,7 +195,7 @@ export class IdleTunnel {
     const waiters = this.#cleanWaiters;
     this.#cleanWaiters = [];
     for (const waiter of waiters) waiter();
-    this.#options.onClose(this, reason, error);
+    this.#options.onClose(this, reason, this.#misses, error);
   }
 
   #clearTimers(): void {

@@ -6,22 +6,44 @@
  * The registry hands out HTTP/2 sessions; it never parses HTTP. Per node it keeps the idle tunnels
  * and the live sessions, and it keeps one live session multiplexed until that session is draining
  * or at its stream limit before it checks out another idle tunnel (reference §6 "revtun responder").
+ *
+ * Under tenant isolation (Envoy's enable_tenant_isolation, #43179) nodes and clusters are keyed
+ * `tenant:node` and `tenant:cluster`, so one tenant's ids never find another tenant's tunnels.
  */
 import type { Socket } from 'node:net';
-import type { Identity } from '../protocol/handshake.ts';
+import type { AcceptedHandshake, Identity } from '../protocol/handshake.ts';
 import { RevtunError } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { Gauge, StatsRegistry } from '../shared/stats.ts';
-import { IdleTunnel, type IdleCloseReason } from './idle-tunnel.ts';
+import { IdleTunnel, type IdleCloseReason, type IdlePingEvent } from './idle-tunnel.ts';
 import { TunnelSession } from './tunnel-session.ts';
 
 export type TunnelCloseReason = IdleCloseReason | 'remote_close' | 'local_close';
 
-export interface RegistryEvents {
-  readonly tunnel_setup: (identity: Identity) => void;
-  readonly socket_handoff: (identity: Identity) => void;
-  readonly tunnel_closed: (identity: Identity, reason: TunnelCloseReason) => void;
+/** One registered tunnel, as lifecycle records describe it (reference §10 fields). */
+export interface TunnelInfo {
+  readonly identity: Identity;
+  /** revtun's id for the connection (Envoy logs its fd). */
+  readonly connectionId: number;
+  readonly initiatorWorkerId: string | undefined;
+  readonly initiatorConnectionId: string | undefined;
 }
+
+/** Envoy's responder lifecycle events (brt/upstream_socket_interface/reverse_tunnel_lifecycle_info.h). */
+export type TunnelEvent =
+  | { readonly event: 'tunnel_setup'; readonly socketState: 'idle' }
+  | { readonly event: IdlePingEvent; readonly socketState: 'idle'; readonly missCount: number }
+  | {
+      readonly event: 'idle_ping_timeout';
+      readonly socketState: 'idle';
+      readonly missCount: number;
+    }
+  | { readonly event: 'socket_handoff'; readonly socketState: 'handed_off' }
+  | {
+      readonly event: 'tunnel_closed';
+      readonly socketState: 'idle' | 'in_use';
+      readonly closeReason: TunnelCloseReason;
+    };
 
 export interface RegistryOptions {
   readonly statPrefix: string;
@@ -29,13 +51,17 @@ export interface RegistryOptions {
   readonly logger: Logger;
   readonly pingIntervalMs: number;
   readonly pingFailureThreshold: number;
-  readonly events: RegistryEvents;
+  readonly tenantIsolation: boolean;
+  readonly onEvent: (tunnel: TunnelInfo, event: TunnelEvent) => void;
 }
 
 export class NodeEntry {
   readonly nodeId: string;
+  readonly tenantId: string;
   /** Set by the node's first tunnel and never changed by later ones (as Envoy). */
   readonly clusterId: string;
+  readonly key: string;
+  readonly clusterKey: string;
   readonly idle: IdleTunnel[] = [];
   readonly sessions: TunnelSession[] = [];
   /** Idle tunnels plus live sessions: what the gauges show. */
@@ -44,9 +70,12 @@ export class NodeEntry {
   /** A checkout in progress, which requests arriving meanwhile wait for rather than start another. */
   opening: Promise<TunnelSession | null> | undefined;
 
-  constructor(identity: Identity, gauges: Gauge[]) {
+  constructor(identity: Identity, keys: { node: string; cluster: string }, gauges: Gauge[]) {
     this.nodeId = identity.nodeId;
+    this.tenantId = identity.tenantId;
     this.clusterId = identity.clusterId;
+    this.key = keys.node;
+    this.clusterKey = keys.cluster;
     this.gauges = gauges;
   }
 
@@ -54,8 +83,9 @@ export class NodeEntry {
   availableSession(): TunnelSession | undefined {
     let best: TunnelSession | undefined;
     for (const session of this.sessions) {
-      if (session.available && (best === undefined || session.inFlight < best.inFlight))
+      if (session.available && (best === undefined || session.inFlight < best.inFlight)) {
         best = session;
+      }
     }
     return best;
   }
@@ -92,6 +122,9 @@ export class TunnelRegistry {
   readonly #options: RegistryOptions;
   readonly #nodes = new Map<string, NodeEntry>();
   readonly #clusters = new Map<string, ClusterEntry>();
+  readonly #infos = new WeakMap<IdleTunnel | TunnelSession, TunnelInfo>();
+  /** Tunnels accepted whose 200 is still being written, per node key (they count for limits). */
+  readonly #reserved = new Map<string, number>();
   #closed = false;
   #emptyWaiters: Array<() => void> = [];
 
@@ -99,37 +132,85 @@ export class TunnelRegistry {
     this.#options = options;
   }
 
+  /** The registry key of a node or cluster id: `tenant:id` under tenant isolation. */
+  key(id: string, tenantId: string): string {
+    return this.#options.tenantIsolation ? `${tenantId}:${id}` : id;
+  }
+
+  /**
+   * Tunnels the identity's node holds now, idle and in use, plus those accepted and not yet
+   * registered: so two handshakes at once cannot both take the last place of a per-node limit.
+   */
+  tunnelsOf(identity: Identity): number {
+    const key = this.key(identity.nodeId, identity.tenantId);
+    return (this.#nodes.get(key)?.tunnels ?? 0) + (this.#reserved.get(key) ?? 0);
+  }
+
+  /** Holds a place for an accepted tunnel until its 200 is written; returns the release. */
+  reserve(identity: Identity): () => void {
+    const key = this.key(identity.nodeId, identity.tenantId);
+    this.#reserved.set(key, (this.#reserved.get(key) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (this.#reserved.get(key) ?? 1) - 1;
+      if (left === 0) this.#reserved.delete(key);
+      else this.#reserved.set(key, left);
+    };
+  }
+
   /** Registers a socket that passed the handshake; its accepting response is already flushed. */
-  add(socket: Socket, identity: Identity, leftover: Buffer): void {
+  add(socket: Socket, handshake: AcceptedHandshake, leftover: Buffer, connectionId: number): void {
     if (this.#closed) {
       socket.destroy();
       return;
     }
+    const { identity } = handshake;
+    const info: TunnelInfo = {
+      identity,
+      connectionId,
+      initiatorWorkerId: handshake.initiatorWorkerId,
+      initiatorConnectionId: handshake.initiatorConnectionId,
+    };
     const node = this.#nodeFor(identity);
-    const cluster = this.#clusters.get(node.clusterId) as ClusterEntry;
+    const cluster = this.#clusters.get(node.clusterKey) as ClusterEntry;
     const tunnel = new IdleTunnel(socket, {
       identity,
       pingIntervalMs: this.#options.pingIntervalMs,
       failureThreshold: this.#options.pingFailureThreshold,
-      onClose: (closed, reason) => {
+      onPing: (event, missCount) => {
+        this.#options.onEvent(info, { event, socketState: 'idle', missCount });
+      },
+      onClose: (closed, reason, missCount) => {
         removeFrom(node.idle, closed);
-        this.#released(node, cluster, identity, reason);
+        if (reason === 'idle_ping_timeout') {
+          this.#options.onEvent(info, {
+            event: 'idle_ping_timeout',
+            socketState: 'idle',
+            missCount,
+          });
+        }
+        this.#released(node, cluster, info, 'idle', reason);
       },
     });
+    this.#infos.set(tunnel, info);
     node.idle.push(tunnel);
     node.tunnels += 1;
     for (const gauge of [...node.gauges, ...cluster.gauges]) gauge.inc();
-    this.#options.events.tunnel_setup(identity);
+    this.#options.onEvent(info, { event: 'tunnel_setup', socketState: 'idle' });
     tunnel.start(leftover);
   }
 
   /**
    * The node a host id names: a known cluster id picks one of its nodes round robin, preferring
-   * nodes with a usable tunnel; anything else is taken as a node id.
+   * nodes with a usable tunnel; anything else is taken as a node id. Under tenant isolation the
+   * tenant is part of the lookup.
    */
-  resolve(hostId: string): NodeEntry | undefined {
-    const cluster = this.#clusters.get(hostId);
-    if (cluster === undefined || cluster.nodes.length === 0) return this.#nodes.get(hostId);
+  resolve(hostId: string, tenantId = ''): NodeEntry | undefined {
+    const key = this.key(hostId, tenantId);
+    const cluster = this.#clusters.get(key);
+    if (cluster === undefined || cluster.nodes.length === 0) return this.#nodes.get(key);
     const count = cluster.nodes.length;
     for (let i = 0; i < count; i += 1) {
       const node = cluster.nodes[(cluster.cursor + i) % count] as NodeEntry;
@@ -176,10 +257,17 @@ export class TunnelRegistry {
   }
 
   /** Every known node and its tunnel counts, for listings and tests. */
-  nodes(): Array<{ nodeId: string; clusterId: string; idle: number; sessions: number }> {
+  nodes(): Array<{
+    nodeId: string;
+    clusterId: string;
+    tenantId: string;
+    idle: number;
+    sessions: number;
+  }> {
     return [...this.#nodes.values()].map((node) => ({
       nodeId: node.nodeId,
       clusterId: node.clusterId,
+      tenantId: node.tenantId,
       idle: node.idle.length,
       sessions: node.sessions.length,
     }));
@@ -223,24 +311,35 @@ export class TunnelRegistry {
       if (idle.state === 'idle') node.idle.push(idle);
       return null;
     }
-    const cluster = this.#clusters.get(node.clusterId) as ClusterEntry;
+    const info = this.#infos.get(idle) as TunnelInfo;
+    const cluster = this.#clusters.get(node.clusterKey) as ClusterEntry;
     const session = new TunnelSession(socket, {
       identity: idle.identity,
-      onClose: (closed, error) => {
+      onClose: (closed, error, closedLocally) => {
         removeFrom(node.sessions, closed);
         if (error !== undefined) {
           this.#options.logger.debug({ node_id: node.nodeId, err: error }, 'tunnel session error');
         }
-        this.#released(node, cluster, idle.identity, 'remote_close');
+        this.#released(
+          node,
+          cluster,
+          info,
+          'in_use',
+          closedLocally ? 'local_close' : 'remote_close',
+        );
       },
     });
     node.sessions.push(session);
-    this.#options.events.socket_handoff(idle.identity);
+    this.#options.onEvent(info, { event: 'socket_handoff', socketState: 'handed_off' });
     return session;
   }
 
   #nodeFor(identity: Identity): NodeEntry {
-    const existing = this.#nodes.get(identity.nodeId);
+    const keys = {
+      node: this.key(identity.nodeId, identity.tenantId),
+      cluster: this.key(identity.clusterId, identity.tenantId),
+    };
+    const existing = this.#nodes.get(keys.node);
     if (existing !== undefined) {
       if (existing.clusterId !== identity.clusterId) {
         this.#options.logger.warn(
@@ -254,21 +353,26 @@ export class TunnelRegistry {
       }
       return existing;
     }
-    const { stats, statPrefix: sp } = this.#options;
-    const node = new NodeEntry(identity, [
+    const { stats, statPrefix: sp, tenantIsolation } = this.#options;
+    // The aggregate gauges use bare ids even under isolation (reference §9); the per-tenant ones
+    // are added beside them.
+    const tenant = tenantIsolation ? `${sp}.tenants.${identity.tenantId}` : undefined;
+    const node = new NodeEntry(identity, keys, [
       stats.gauge(`${sp}.nodes.${identity.nodeId}`),
       stats.gauge(`${sp}.worker_0.node.${identity.nodeId}`),
+      ...(tenant === undefined ? [] : [stats.gauge(`${tenant}.nodes.${identity.nodeId}`)]),
     ]);
-    if (this.#clusters.has(identity.nodeId)) this.#warnCollision(identity.nodeId);
-    this.#nodes.set(identity.nodeId, node);
-    let cluster = this.#clusters.get(identity.clusterId);
+    if (this.#clusters.has(keys.node)) this.#warnCollision(identity.nodeId);
+    this.#nodes.set(keys.node, node);
+    let cluster = this.#clusters.get(keys.cluster);
     if (cluster === undefined) {
       cluster = new ClusterEntry([
         stats.gauge(`${sp}.clusters.${identity.clusterId}`),
         stats.gauge(`${sp}.worker_0.cluster.${identity.clusterId}`),
+        ...(tenant === undefined ? [] : [stats.gauge(`${tenant}.clusters.${identity.clusterId}`)]),
       ]);
-      this.#clusters.set(identity.clusterId, cluster);
-      if (this.#nodes.has(identity.clusterId)) this.#warnCollision(identity.clusterId);
+      this.#clusters.set(keys.cluster, cluster);
+      if (this.#nodes.has(keys.cluster)) this.#warnCollision(identity.clusterId);
     }
     cluster.nodes.push(node);
     return node;
@@ -284,17 +388,18 @@ export class TunnelRegistry {
   #released(
     node: NodeEntry,
     cluster: ClusterEntry,
-    identity: Identity,
-    reason: TunnelCloseReason,
+    info: TunnelInfo,
+    socketState: 'idle' | 'in_use',
+    closeReason: TunnelCloseReason,
   ): void {
     node.tunnels -= 1;
     for (const gauge of [...node.gauges, ...cluster.gauges]) gauge.dec();
-    this.#options.events.tunnel_closed(identity, reason);
+    this.#options.onEvent(info, { event: 'tunnel_closed', socketState, closeReason });
     if (node.tunnels > 0) return;
     // A node's entries go with its last tunnel (reference §8 "Keys").
-    this.#nodes.delete(node.nodeId);
+    this.#nodes.delete(node.key);
     removeFrom(cluster.nodes, node);
-    if (cluster.nodes.length === 0) this.#clusters.delete(node.clusterId);
+    if (cluster.nodes.length === 0) this.#clusters.delete(node.clusterKey);
     if (this.#nodes.size === 0) {
       const waiters = this.#emptyWaiters;
       this.#emptyWaiters = [];

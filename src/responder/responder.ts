@@ -16,11 +16,21 @@ import {
   type CloseOptions,
   type StartOptions,
 } from '../shared/lifecycle.ts';
+import {
+  openLifecycleLog,
+  type LifecycleRecord,
+  type LifecycleSink,
+} from '../shared/lifecycle-log.ts';
 import { silentLogger, type Logger } from '../shared/logger.ts';
 import { StatsRegistry } from '../shared/stats.ts';
 import { AdminServer } from '../admin/admin-server.ts';
 import { EgressListener } from './egress-listener.ts';
-import { TunnelRegistry, type TunnelCloseReason } from './registry.ts';
+import {
+  TunnelRegistry,
+  type TunnelCloseReason,
+  type TunnelEvent,
+  type TunnelInfo,
+} from './registry.ts';
 import { TunnelListener } from './tunnel-listener.ts';
 
 export interface ResponderAddresses {
@@ -29,11 +39,15 @@ export interface ResponderAddresses {
   readonly admin: HostPort | undefined;
 }
 
-/** Lifecycle events, named as Envoy's responder lifecycle log events (reference §10). */
+/**
+ * Lifecycle events, named as Envoy's responder lifecycle log events (reference §10). `lifecycle`
+ * carries every record the lifecycle log writes, with Envoy's field names.
+ */
 export interface ResponderEvents {
   tunnel_setup: [identity: Identity];
   socket_handoff: [identity: Identity];
   tunnel_closed: [identity: Identity, reason: TunnelCloseReason];
+  lifecycle: [record: LifecycleRecord];
 }
 
 export class Responder extends EventEmitter<ResponderEvents> {
@@ -44,6 +58,7 @@ export class Responder extends EventEmitter<ResponderEvents> {
   readonly #tunnelListener: TunnelListener;
   readonly #egress: EgressListener[];
   readonly #admin: AdminServer | undefined;
+  readonly #lifecycleLog: LifecycleSink | undefined;
   #addresses: ResponderAddresses | undefined;
   #ready = false;
   readonly #signal: AbortSignal | undefined;
@@ -57,44 +72,41 @@ export class Responder extends EventEmitter<ResponderEvents> {
     this.config = config;
     this.#logger = logger;
     this.stats = new StatsRegistry();
-    const events = {
-      tunnel_setup: (identity: Identity) => {
-        logger.info({ event: 'tunnel_setup', ...ids(identity) }, 'tunnel registered');
-        this.emit('tunnel_setup', identity);
-      },
-      socket_handoff: (identity: Identity) => {
-        logger.debug(
-          { event: 'socket_handoff', ...ids(identity) },
-          'tunnel checked out for HTTP/2',
-        );
-        this.emit('socket_handoff', identity);
-      },
-      tunnel_closed: (identity: Identity, reason: TunnelCloseReason) => {
-        logger.info(
-          { event: 'tunnel_closed', close_reason: reason, ...ids(identity) },
-          'tunnel closed',
-        );
-        this.emit('tunnel_closed', identity, reason);
-      },
-    };
+    this.#lifecycleLog =
+      config.lifecycle_log === undefined
+        ? undefined
+        : openLifecycleLog(
+            config.lifecycle_log.path,
+            this.stats.counter('revtun.lifecycle_log.dropped'),
+          );
     this.#registry = new TunnelRegistry({
       statPrefix: config.stat_prefix,
       stats: this.stats,
       logger,
       pingIntervalMs: config.tunnel_listener.ping_interval,
       pingFailureThreshold: config.tunnel_listener.ping_failure_threshold,
-      events,
+      tenantIsolation: config.enable_tenant_isolation,
+      onEvent: (tunnel, event) => this.#onTunnelEvent(tunnel, event),
     });
     this.#tunnelListener = new TunnelListener({
       config: config.tunnel_listener,
       stats: this.stats,
       logger,
-      onAccepted: (socket, handshake, leftover) =>
-        this.#registry.add(socket, handshake.identity, leftover),
+      tunnelsOf: (identity) => this.#registry.tunnelsOf(identity),
+      reserve: (identity) => this.#registry.reserve(identity),
+      onAccepted: (socket, handshake, leftover, connectionId) =>
+        this.#registry.add(socket, handshake, leftover, connectionId),
     });
     this.#egress = config.egress_listeners.map(
       (egress, index) =>
-        new EgressListener({ config: egress, registry: this.#registry, logger, index }),
+        new EgressListener({
+          config: egress,
+          registry: this.#registry,
+          tenantIsolation: config.enable_tenant_isolation,
+          stats: this.stats,
+          logger,
+          index,
+        }),
     );
     this.#admin =
       config.admin === undefined
@@ -106,6 +118,39 @@ export class Responder extends EventEmitter<ResponderEvents> {
             ready: () => this.#ready,
             logger,
           });
+  }
+
+  #onTunnelEvent(tunnel: TunnelInfo, event: TunnelEvent): void {
+    const { identity } = tunnel;
+    const record: LifecycleRecord = {
+      event: event.event,
+      node_id: identity.nodeId,
+      cluster_id: identity.clusterId,
+      tenant_id: identity.tenantId,
+      worker: 'worker_0',
+      socket_state: event.socketState,
+      fd: tunnel.connectionId,
+      initiator_worker_id: tunnel.initiatorWorkerId,
+      initiator_connection_id: tunnel.initiatorConnectionId,
+      ...(event.event === 'socket_handoff' ? { handoff_kind: 'pool_to_upstream' } : {}),
+      ...('missCount' in event &&
+      event.event !== 'idle_ping_sent' &&
+      event.event !== 'idle_ping_ack'
+        ? { miss_count: event.missCount }
+        : {}),
+      ...(event.event === 'tunnel_closed' ? { close_reason: event.closeReason } : {}),
+    };
+    this.#lifecycleLog?.write(record);
+    this.emit('lifecycle', record);
+    const level =
+      event.event.startsWith('idle_ping_') && event.event !== 'idle_ping_timeout'
+        ? 'trace'
+        : 'info';
+    this.#logger[level](record, event.event.replaceAll('_', ' '));
+    if (event.event === 'tunnel_setup') this.emit('tunnel_setup', identity);
+    else if (event.event === 'socket_handoff') this.emit('socket_handoff', identity);
+    else if (event.event === 'tunnel_closed')
+      this.emit('tunnel_closed', identity, event.closeReason);
   }
 
   /** The addresses actually bound (port 0 in the config gives the real port here). */
@@ -144,16 +189,13 @@ export class Responder extends EventEmitter<ResponderEvents> {
     this.#registry.destroy();
     for (const listener of this.#egress) listener.destroy();
     await this.#admin?.close();
+    await this.#lifecycleLog?.close();
     this.#logger.debug('responder closed');
   });
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
-}
-
-function ids(identity: Identity) {
-  return { node_id: identity.nodeId, cluster_id: identity.clusterId, tenant_id: identity.tenantId };
 }
 
 /** Starts a responder; resolves once every listener is bound. */

@@ -12,10 +12,14 @@ import net, { type Socket } from 'node:net';
 import {
   buildHandshakeRejection,
   handshakeAcceptedResponse,
+  handshakeCounters,
+  handshakeUpgradedResponse,
   validateHandshakeRequest,
   type AcceptedHandshake,
   type HandshakeCounter,
   type HandshakeRejection,
+  type HandshakeValidationOptions,
+  type Identity,
 } from '../protocol/handshake.ts';
 import { RequestHeadParser } from '../protocol/http1-head.ts';
 import { formatHostPort, type HostPort } from '../shared/address.ts';
@@ -28,8 +32,17 @@ export interface TunnelListenerOptions {
   readonly config: TunnelListenerConfig;
   readonly stats: StatsRegistry;
   readonly logger: Logger;
+  /** How many tunnels an identity's node holds now (for the per-node limit). */
+  readonly tunnelsOf: (identity: Identity) => number;
+  /** Holds a place for an accepted tunnel until it is handed over or fails; returns the release. */
+  readonly reserve: (identity: Identity) => () => void;
   /** Receives each accepted socket after its 200 was written, with the bytes that followed. */
-  readonly onAccepted: (socket: Socket, handshake: AcceptedHandshake, leftover: Buffer) => void;
+  readonly onAccepted: (
+    socket: Socket,
+    handshake: AcceptedHandshake,
+    leftover: Buffer,
+    connectionId: number,
+  ) => void;
 }
 
 /** How long a rejected peer gets to read its response before the socket is destroyed. */
@@ -47,10 +60,24 @@ export class TunnelListener {
   readonly #server: net.Server;
   readonly #pending = new Set<Socket>();
   readonly #pendingBySource = new Map<string, number>();
+  readonly #validation: HandshakeValidationOptions;
+  #nextConnectionId = 1;
 
   constructor(options: TunnelListenerOptions) {
     this.#options = options;
-    for (const name of counters) options.stats.counter(`reverse_tunnel.handshake.${name}`);
+    const { config } = options;
+    this.#validation = {
+      requestPath: config.request_path,
+      requestMethod: config.request_method,
+      headerPrefix: config.header_prefix,
+      useHttpUpgrade: config.use_http_upgrade,
+      requiredClusterName: config.required_cluster_name,
+      validation: config.validation,
+      maxTunnelsPerNode: config.max_tunnels_per_node,
+      retryAfterSeconds: Math.ceil(config.connection_limit_retry_after / 1000),
+      tunnelsOf: options.tunnelsOf,
+    };
+    for (const name of handshakeCounters) options.stats.counter(`reverse_tunnel.handshake.${name}`);
     this.#server = net.createServer({ noDelay: true }, (socket) => this.#onConnection(socket));
     // Errors while listening reach listen(), which turns them into one clear RevtunError.
     this.#server.on('error', (error) => {
@@ -133,11 +160,7 @@ export class TunnelListener {
         });
         return;
       }
-      const decision = validateHandshakeRequest(result.head, {
-        requestPath: config.request_path,
-        requestMethod: config.request_method,
-        headerPrefix: config.header_prefix,
-      });
+      const decision = validateHandshakeRequest(result.head, this.#validation);
       if (!decision.accepted) {
         this.#reject(socket, peer, decision.rejection);
         return;
@@ -156,7 +179,13 @@ export class TunnelListener {
         'unparseable initiation-time header; read as 0',
       );
     }
-    socket.write(handshakeAcceptedResponse, (error) => {
+    const answer = this.#options.config.use_http_upgrade
+      ? handshakeUpgradedResponse
+      : handshakeAcceptedResponse;
+    const connectionId = this.#nextConnectionId++;
+    const release = this.#options.reserve(handshake.identity);
+    socket.write(answer, (error) => {
+      release();
       if (error || socket.destroyed) {
         logger.debug({ peer, err: error }, 'accepted tunnel closed before its 200 was written');
         socket.destroy();
@@ -164,7 +193,7 @@ export class TunnelListener {
       }
       this.#count('accepted');
       logger.debug({ peer, ...handshake.identity }, 'tunnel accepted');
-      this.#options.onAccepted(socket, handshake, leftover);
+      this.#options.onAccepted(socket, handshake, leftover, connectionId);
     });
   }
 

@@ -13,8 +13,12 @@ import type { Identity } from '../protocol/handshake.ts';
 
 export interface TunnelSessionOptions {
   readonly identity: Identity;
-  /** Called once when the session and its socket are gone. */
-  readonly onClose: (session: TunnelSession, error?: Error) => void;
+  /** Called once when the session and its socket are gone; `closedLocally` if revtun closed it. */
+  readonly onClose: (
+    session: TunnelSession,
+    error: Error | undefined,
+    closedLocally: boolean,
+  ) => void;
 }
 
 /**
@@ -31,6 +35,7 @@ export class TunnelSession {
   #inFlight = 0;
   /** No new streams: GOAWAY sent or received, or the session is gone. */
   #draining = false;
+  #closedLocally = false;
   #closed = false;
   #error: Error | undefined;
   #peerLimit: number | undefined;
@@ -59,7 +64,7 @@ export class TunnelSession {
       this.#draining = true;
       if (this.#closed) return;
       this.#closed = true;
-      this.#options.onClose(this, this.#error);
+      this.#options.onClose(this, this.#error, this.#closedLocally);
     });
   }
 
@@ -92,11 +97,13 @@ export class TunnelSession {
   /** Graceful: GOAWAY, then the session closes once its in-flight streams finish. */
   close(): void {
     this.#draining = true;
+    this.#closedLocally = true;
     if (!this.#session.closed && !this.#session.destroyed) this.#session.close();
   }
 
   destroy(): void {
     this.#draining = true;
+    this.#closedLocally = true;
     this.#session.destroy();
   }
 }

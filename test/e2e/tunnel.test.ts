@@ -145,7 +145,7 @@ describe('one tunnel, many requests', () => {
   function assertOneSession(): void {
     assert.equal(statsOf(responder, 'reverse_tunnel.handshake.accepted'), 1);
     assert.deepEqual(responder.tunnels(), [
-      { nodeId: 'n1', clusterId: 'c1', idle: 0, sessions: 1 },
+      { nodeId: 'n1', clusterId: 'c1', tenantId: 't1', idle: 0, sessions: 1 },
     ]);
   }
 

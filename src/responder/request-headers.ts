@@ -1,0 +1,46 @@
+/**
+ * A caller's request headers while the egress listener works on them: what a request script may
+ * read and change before the request is routed and forwarded. Names are lower-case, as Node gives
+ * them; a repeated header reads as its values joined with ", " (as Envoy's Lua `get`).
+ */
+import type { IncomingHttpHeaders } from 'node:http';
+
+export class RequestHeaders {
+  readonly #fields = new Map<string, string[]>();
+
+  constructor(headers: IncomingHttpHeaders) {
+    for (const [name, value] of Object.entries(headers)) {
+      if (value === undefined) continue;
+      this.#fields.set(name, Array.isArray(value) ? [...value] : [value]);
+    }
+  }
+
+  get(name: string): string | undefined {
+    return this.#fields.get(name.toLowerCase())?.join(', ');
+  }
+
+  /** Adds a value, keeping those already there. */
+  add(name: string, value: string): void {
+    const key = name.toLowerCase();
+    const values = this.#fields.get(key);
+    if (values === undefined) this.#fields.set(key, [value]);
+    else values.push(value);
+  }
+
+  /** Sets the header to this one value. */
+  replace(name: string, value: string): void {
+    this.#fields.set(name.toLowerCase(), [value]);
+  }
+
+  remove(name: string): void {
+    this.#fields.delete(name.toLowerCase());
+  }
+
+  /** Every header, as Node's outgoing header objects take them. */
+  toObject(): Record<string, string | string[]> {
+    const out: Record<string, string | string[]> = {};
+    for (const [name, values] of this.#fields)
+      out[name] = values.length === 1 ? (values[0] as string) : values;
+    return out;
+  }
+}
