@@ -48,13 +48,6 @@ export interface TunnelListenerOptions {
 /** How long a rejected peer gets to read its response before the socket is destroyed. */
 const rejectionLingerMs = 1000;
 
-const counters: readonly HandshakeCounter[] = [
-  'accepted',
-  'parse_error',
-  'body_rejected',
-  'timeout',
-];
-
 export class TunnelListener {
   readonly #options: TunnelListenerOptions;
   readonly #server: net.Server;
