@@ -19,6 +19,11 @@ export {
   ConfigError,
   type ConfigProblem,
 } from './config/load.ts';
+export {
+  translateEnvoyBootstrap,
+  loadEnvoyBootstrapFile,
+  type EnvoyBootstrapTranslation,
+} from './config/envoy-bootstrap.ts';
 export type {
   InitiatorConfig,
   InitiatorConfigInput,

@@ -6,6 +6,7 @@ Usage:
   revtun sandbox [options]          run the sandbox: demo service, initiator and responder
   revtun initiator --config FILE    run an initiator (or see "revtun initiator --help" for flags)
   revtun responder --config FILE    run a responder (or see "revtun responder --help" for flags)
+  revtun envoy --config FILE        run what an Envoy reverse-tunnel bootstrap config describes
   revtun demo-service [options]     run the sandbox's demo HTTP service alone
   revtun --version
 
@@ -77,6 +78,27 @@ No routing header → 400, no tunnel → 503.
 Example:
   revtun responder --tunnel-listen 9000 --egress-listen 8085 --admin-listen 8889
   curl -H "x-node-id: n1" http://127.0.0.1:8085/app
+`;
+
+export const envoyHelp = `revtun envoy — run an Envoy reverse-tunnel bootstrap config
+
+Usage:
+  revtun envoy --config FILE
+
+Reads an Envoy bootstrap (YAML) and runs the roles it defines, until Ctrl-C:
+  an initiator   for a listener with an rc:// address
+                 (bootstrap extension envoy.bootstrap.reverse_tunnel.downstream_socket_interface)
+  a responder    for a listener with envoy.filters.network.reverse_tunnel, and its egress listeners
+                 (bootstrap extension envoy.bootstrap.reverse_tunnel.upstream_socket_interface)
+or both. Every field revtun does not support is reported with its file:line:col, all at once.
+
+Options:
+  -c, --config FILE   the Envoy bootstrap (required)
+  --log-level LEVEL   default info
+
+Example, Envoy's reverse-tunnel sandbox:
+  revtun envoy -c responder-envoy.yaml
+  revtun envoy -c initiator-envoy.yaml
 `;
 
 export const demoServiceHelp = `revtun demo-service — an HTTP service that answers like nginxdemos/hello:plain-text

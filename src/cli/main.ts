@@ -7,20 +7,29 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { pino, type Level } from 'pino';
+import { loadEnvoyBootstrapFile } from '../config/envoy-bootstrap.ts';
 import {
   loadConfigFile,
   validateInitiatorConfig,
   validateResponderConfig,
 } from '../config/load.ts';
-import { startInitiator } from '../initiator/initiator.ts';
-import { startResponder } from '../responder/responder.ts';
+import type { InitiatorConfig } from '../config/schema.ts';
+import { startInitiator, type Initiator } from '../initiator/initiator.ts';
+import { startResponder, type Responder } from '../responder/responder.ts';
 import { startDemoService } from '../sandbox/demo-service.ts';
 import { sandboxDefaultPorts, startSandbox, type SandboxPorts } from '../sandbox/sandbox.ts';
 import { formatHostPort, parseHostPort } from '../shared/address.ts';
 import { describeError, isRevtunError, RevtunError } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import { initiatorFromFlags, responderFromFlags, flagError, type FlagValues } from './flags.ts';
-import { demoServiceHelp, initiatorHelp, mainHelp, responderHelp, sandboxHelp } from './help.ts';
+import {
+  demoServiceHelp,
+  envoyHelp,
+  initiatorHelp,
+  mainHelp,
+  responderHelp,
+  sandboxHelp,
+} from './help.ts';
 
 /** How long a stop may take: in-flight work gets this long, so the whole stop fits in 5 s. */
 const stopGraceMs = 3_000;
@@ -76,6 +85,11 @@ const commands: Record<
       'stat-prefix': { type: 'string' },
     },
     run: runResponder,
+  },
+  envoy: {
+    help: envoyHelp,
+    options: { config: { type: 'string', short: 'c' } },
+    run: runEnvoy,
   },
   'demo-service': {
     help: demoServiceHelp,
@@ -151,6 +165,11 @@ async function runInitiator(flags: FlagValues): Promise<Stoppable> {
   );
   const logger = makeLogger(flags, 'info');
   const initiator = await startInitiator(config, { logger });
+  printInitiator(initiator, config);
+  return initiator;
+}
+
+function printInitiator(initiator: Initiator, config: InitiatorConfig): void {
   const admin = initiator.addresses.admin;
   out(
     `revtun initiator ${config.node_id} (cluster ${config.cluster_id}, tenant ${config.tenant_id}) started`,
@@ -160,9 +179,11 @@ async function runInitiator(flags: FlagValues): Promise<Stoppable> {
       `  dialling ${cluster.name}: ${cluster.hosts.map(formatHostPort).join(', ')} × ${cluster.tunnels_per_host} tunnel(s) each`,
     );
   }
-  for (const route of config.local_routes) out(`  local route ${route.prefix} → ${route.target}`);
+  for (const route of config.local_routes) {
+    const match = route.prefix ?? `${route.path ?? ''} (exact path)`;
+    out(`  local route ${match} → ${route.target}`);
+  }
   if (admin !== undefined) out(`  admin http://${formatHostPort(admin)}/stats`);
-  return initiator;
 }
 
 async function runResponder(flags: FlagValues): Promise<Stoppable> {
@@ -174,6 +195,11 @@ async function runResponder(flags: FlagValues): Promise<Stoppable> {
   );
   const logger = makeLogger(flags, 'info');
   const responder = await startResponder(config, { logger });
+  printResponder(responder, logger);
+  return responder;
+}
+
+function printResponder(responder: Responder, logger: Logger): void {
   const { tunnel, egress, admin } = responder.addresses;
   out('revtun responder started');
   out(`  tunnel listener ${formatHostPort(tunnel)}`);
@@ -185,7 +211,46 @@ async function runResponder(flags: FlagValues): Promise<Stoppable> {
       'the tunnel listener is reachable from other hosts and no credentials are configured: any initiator can claim any node id',
     );
   }
-  return responder;
+}
+
+/**
+ * Runs the roles an Envoy bootstrap defines: the responder first (an initiator in the same file may
+ * dial it), then the initiator; a stop closes both at once.
+ */
+async function runEnvoy(flags: FlagValues): Promise<Stoppable> {
+  const file = flags['config'];
+  if (typeof file !== 'string') {
+    throw new RevtunError('ERR_USAGE', '--config FILE (an Envoy bootstrap) is required');
+  }
+  const { initiator: initiatorConfig, responder: responderConfig } =
+    await loadEnvoyBootstrapFile(file);
+  const logger = makeLogger(flags, 'info');
+  const running: Stoppable[] = [];
+  const stopAll: Stoppable = {
+    close: async (options) => {
+      await Promise.all(running.map((role) => role.close(options)));
+    },
+  };
+  try {
+    if (responderConfig !== undefined) {
+      const responder = await startResponder(responderConfig, {
+        logger: logger.child({ role: 'responder' }),
+      });
+      running.push(responder);
+      printResponder(responder, logger);
+    }
+    if (initiatorConfig !== undefined) {
+      const initiator = await startInitiator(initiatorConfig, {
+        logger: logger.child({ role: 'initiator' }),
+      });
+      running.push(initiator);
+      printInitiator(initiator, initiatorConfig);
+    }
+  } catch (error) {
+    await stopAll.close({ graceMs: 0 });
+    throw error;
+  }
+  return stopAll;
 }
 
 function portFlag(flags: FlagValues, name: string, fallback: number): number {

@@ -84,9 +84,41 @@ export function parseConfigText(
   role: Role,
   source = '<config>',
 ): InitiatorConfig | ResponderConfig {
+  const yaml = readYaml(text, source);
+  const schema = schemas[role];
+  const result = schema.safeParse(yaml.value);
+  if (result.success) return seal(result.data, schema);
+  throw new ConfigError(
+    source,
+    result.error.issues.flatMap((issue) =>
+      describeIssue(issue, yaml.value, yaml.root, yaml.positionAt),
+    ),
+  );
+}
+
+export type KeyPath = ReadonlyArray<string | number>;
+type Position = { line?: number; column?: number };
+
+/** A parsed YAML document that knows where each of its nodes is: for file:line:col problems. */
+export interface YamlSource {
+  /** The document as plain data (`{}` for an empty document). */
+  readonly value: unknown;
+  /** The yaml library's document node, for describeIssue. */
+  readonly root: unknown;
+  /** Line and column of a byte offset in the text. */
+  readonly positionAt: (offset: number | undefined) => Position;
+  /**
+   * Where the node at `path` starts, or with `key` where its key does (for "unknown key"
+   * problems); the nearest existing ancestor when the node is missing.
+   */
+  position(path: KeyPath, options?: { key?: boolean }): Position;
+}
+
+/** Parses YAML text with duplicate keys refused; syntax errors are a ConfigError for `source`. */
+export function readYaml(text: string, source: string): YamlSource {
   const lineCounter = new LineCounter();
   const document = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
-  const at = (offset: number | undefined) => {
+  const positionAt = (offset: number | undefined): Position => {
     if (offset === undefined) return {};
     const { line, col } = lineCounter.linePos(offset);
     return { line, column: col };
@@ -97,24 +129,31 @@ export function parseConfigText(
       document.errors.map((error) => ({
         path: '',
         message: error.message.split('\n')[0] ?? '',
-        ...at(error.pos[0]),
+        ...positionAt(error.pos[0]),
       })),
     );
   }
-  let input: unknown;
+  let value: unknown;
   try {
     // yaml caps alias expansion (maxAliasCount 100) and throws on an unresolved alias.
-    input = document.toJS() ?? {};
+    value = document.toJS() ?? {};
   } catch (error) {
     throw new ConfigError(source, [{ path: '', message: (error as Error).message }]);
   }
-  const schema = schemas[role];
-  const result = schema.safeParse(input);
-  if (result.success) return seal(result.data, schema);
-  throw new ConfigError(
-    source,
-    result.error.issues.flatMap((issue) => describeIssue(issue, input, document.contents, at)),
-  );
+  const root = document.contents;
+  return {
+    value,
+    root,
+    positionAt,
+    position(path, options = {}) {
+      const last = path[path.length - 1];
+      if (options.key === true && typeof last === 'string') {
+        const key = keyNode(root, path.slice(0, -1), last);
+        if (key !== undefined) return positionAt(key.range?.[0]);
+      }
+      return positionAt((nodeAt(root, path) ?? nearestNode(root, path))?.range?.[0]);
+    },
+  };
 }
 
 /**
@@ -149,8 +188,6 @@ function validateObject<S extends z.ZodType>(schema: S, input: unknown): DeepFro
   );
 }
 
-type Position = { line?: number; column?: number };
-
 function describeIssue(
   issue: z.core.$ZodIssue,
   input: unknown,
@@ -177,7 +214,8 @@ function describeIssue(
   ];
 }
 
-function formatPath(path: ReadonlyArray<string | number>): string {
+/** `a.b[0].c`, as problems name their place. */
+export function formatPath(path: KeyPath): string {
   return path
     .map((key, index) => (typeof key === 'number' ? `[${key}]` : index === 0 ? key : `.${key}`))
     .join('');

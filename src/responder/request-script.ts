@@ -6,19 +6,25 @@
  * logWarn/logErr/logCritical` (and the sandbox's `logError`), and `request_handle:respond(headers,
  * body)` for a local reply.
  *
+ * One crossing per request. Each call into or out of wasmoon costs microseconds (its glue checks
+ * every C API call), so the script never calls JavaScript: the request's headers go in as one
+ * string, the script reads and changes a Lua view of them, and the changes, log lines and any
+ * local reply come back as the call's results, which are then applied in order.
+ *
  * How it is bounded, and why:
  * - The script sees only string, table, math and a few base functions (no io, os, require, load,
  *   debug, coroutine, getmetatable/setmetatable, raw*): it runs in an environment table of its own,
  *   and io, os and package are never opened in the VM.
  * - Every run (the top-level chunk at load, then each request) is a coroutine with a Lua count
  *   hook (`debug.sethook`) that raises an error after `maxInstructions` instructions. After the
- *   first overrun the hook fires on every instruction, so a `pcall` in the script cannot swallow
- *   the stop. Envoy runs its scripts as coroutines too; `respond()` yields, as in Envoy, so the
- *   script goes no further.
+ *   first overrun the hook fires on every instruction, so a `pcall` in the script cannot carry on.
+ *   Envoy runs its scripts as coroutines too; `respond()` yields, as in Envoy, so the script goes
+ *   no further.
  * - The VM's memory is capped (`maxMemoryBytes`): an allocation past it is Lua's "not enough
- *   memory" error, not a process crash.
- * - Work inside one C function (a huge `string.rep`, a slow pattern in `string.find`) is not
- *   counted by the hook; the memory cap bounds the first, header sizes bound the second.
+ *   memory" error, not a process crash. One request makes at most `maxOperations` header changes
+ *   and log lines.
+ * - Work inside one C function (a slow pattern in `string.find`) is not counted by the hook;
+ *   header sizes bound it.
  *
  * The VM (wasmoon's WebAssembly module) is loaded only when a script is configured.
  */
@@ -37,8 +43,8 @@ export interface LocalReply {
 export interface RequestScript {
   /**
    * Runs the script on a request's headers, which it may change; a LocalReply ends the request.
-   * Throws a RequestScriptError when the script fails (a Lua error, the instruction cap, the
-   * memory cap); the headers it changed before failing stay changed.
+   * Throws a RequestScriptError when the script fails (a Lua error, the instruction or memory
+   * cap); the header changes it made before failing are applied.
    */
   onRequest(headers: RequestHeaders): LocalReply | undefined;
   close(): void;
@@ -48,7 +54,7 @@ export interface RequestScriptOptions {
   readonly inlineCode: string;
   /** Lua instructions one call may run before it is stopped with an error. */
   readonly maxInstructions: number;
-  /** Most bytes the script's Lua VM may allocate (default 32 MiB). */
+  /** Most bytes the script's Lua VM may hold (default 32 MiB). */
   readonly maxMemoryBytes?: number;
   readonly logger: Logger;
 }
@@ -58,7 +64,8 @@ export type RequestScriptFailure = 'error' | 'instruction_limit';
 
 /**
  * A script failed on a request. Envoy's Lua filter logs such an error, counts it
- * (`<stat_prefix>.lua.errors`) and lets the request continue; the egress listener decides.
+ * (`http.<stat_prefix>.lua.errors`) and lets the request continue with the headers as the script
+ * left them; the egress listener decides what revtun does.
  */
 export class RequestScriptError extends Error {
   override readonly name = 'RequestScriptError';
@@ -71,21 +78,33 @@ export class RequestScriptError extends Error {
 }
 
 export const defaultMaxMemoryBytes = 32 * 1024 * 1024;
+/** Header changes plus log lines one request may make. */
+const maxOperations = 1000;
 
 /**
- * Runs with the standard libraries this VM opened (base, coroutine, table, string, math, debug),
- * keeps what it needs in locals, and gives the script an environment with only the safe parts.
- * Returns the per-request runner, or a string that says why the script cannot run.
+ * Runs once per VM with the libraries it opened (base, coroutine, table, string, math, debug):
+ * keeps what it needs in locals and gives the script an environment with only the safe parts.
+ * `setup(code, max_instructions, max_operations)` returns "ok" and leaves the per-request runner in
+ * the global __revtun_on_request, or returns why the script cannot run.
+ *
+ * The runner takes the headers as "\n" name "\1" value ... "\n" (names are tokens and values
+ * contain no control characters but tab, so neither separator can occur in them) and returns
+ * three strings: the outcome ("ok", "reply", "overrun" or "error:<message>"); the operations in
+ * order, each field followed by "\2": "a"/"p" name value (add/replace), "d" name (remove),
+ * "l" level message, and for a reply "s" status, "h" name value, "b"; and the reply's body.
+ * They go back to JavaScript as C strings, hence no NUL (a log message's NUL and "\2" are
+ * escaped; a body may not contain NUL).
  */
 const prelude = String.raw`
-return function(js_get, js_add, js_replace, js_remove, js_log, js_reply_header, js_reply, code, max_instructions)
-  local sethook = debug.sethook
-  local cocreate, coresume, costatus, coyield = coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
-  local load, setmetatable, error, type, tostring, pairs = load, setmetatable, error, type, tostring, pairs
+local sethook = debug.sethook
+local cocreate, coresume, costatus, coyield = coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
+local load, setmetatable, error, type, tostring, pairs = load, setmetatable, error, type, tostring, pairs
+local find, sub, lower, gsub, concat = string.find, string.sub, string.lower, string.gsub, table.concat
 
-  -- Bytecode is not a thing a header script needs; without load it is useless anyway.
-  string.dump = nil
+-- Bytecode is nothing a header script needs (and without load it is useless anyway).
+string.dump = nil
 
+function setup(code, max_instructions, max_operations)
   local env = {
     string = string, table = table, math = math,
     tostring = tostring, tonumber = tonumber, pairs = pairs, ipairs = ipairs, next = next,
@@ -124,11 +143,53 @@ return function(js_get, js_add, js_replace, js_remove, js_log, js_reply_header, 
     return "ok"
   end
 
+  -- The request being run: its headers as the runner's string, the script's changes on top of
+  -- them (name -> list of values, or false once removed), and the operations to hand back.
+  local block, changed, out, n_out, reply_body = "", {}, {}, 0, ""
+
+  local operations = 0
+  local function emit(what, a, b)
+    if operations >= max_operations then
+      error("more than " .. max_operations .. " header changes and log lines in one request", 3)
+    end
+    operations = operations + 1
+    n_out = n_out + 1
+    out[n_out] = what
+    if a ~= nil then n_out = n_out + 1; out[n_out] = a end
+    if b ~= nil then n_out = n_out + 1; out[n_out] = b end
+  end
+
   local function string_arg(what, value, level)
     local kind = type(value)
     if kind == "string" then return value end
     if kind == "number" then return tostring(value) end
     error(what .. " must be a string, not " .. kind, level + 1)
+  end
+
+  local function header_name(call, name)
+    name = lower(string_arg(call .. ": the header name", name, 3))
+    if sub(name, 1, 1) == ":" then
+      error(call .. ": \"" .. name .. "\": revtun scripts cannot change pseudo-headers", 3)
+    end
+    if not find(name, "^[%w!#$%%&'*+.^_\96|~-]+$") then
+      error(call .. ": \"" .. name .. "\" is not a valid header name", 3)
+    end
+    return name
+  end
+
+  local function header_value(call, name, value)
+    value = string_arg(call .. ": the value of " .. name, value, 3)
+    if find(value, "[%z\1-\8\10-\31\127]") then
+      error(call .. ": the value of " .. name .. " contains a control character (CR, LF, NUL ...)", 3)
+    end
+    return value
+  end
+
+  local function original(name)
+    local start = find(block, "\n" .. name .. "\1", 1, true)
+    if start == nil then return nil end
+    local from = start + #name + 2
+    return sub(block, from, find(block, "\n", from, true) - 1)
   end
 
   -- Methods are looked up in a table (fast); a miss names what revtun offers instead of Lua's
@@ -143,35 +204,48 @@ return function(js_get, js_add, js_replace, js_remove, js_log, js_reply_header, 
   local function read_only(object)
     return function() error(object .. " is read-only", 2) end
   end
+  local function check_self(self, expected, call)
+    if self ~= expected then error("call " .. call .. " with a colon", 3) end
+  end
 
   local header_methods = methods_of("headers", "get, add, replace and remove")
   local headers = setmetatable({}, {
     __index = header_methods, __newindex = read_only("headers"), __metatable = "headers",
   })
 
-  local function check_self(self, expected, call)
-    if self ~= expected then error("call " .. call .. " with a colon", 3) end
-  end
-
   function header_methods.get(self, name)
     check_self(self, headers, "headers:get(name)")
-    return js_get(string_arg("headers:get(): the header name", name, 2))
+    name = lower(string_arg("headers:get(): the header name", name, 2))
+    local values = changed[name]
+    if values == nil then return original(name) end
+    if values == false or values[1] == nil then return nil end
+    return concat(values, ", ")
   end
   function header_methods.add(self, name, value)
     check_self(self, headers, "headers:add(name, value)")
-    local problem = js_add(string_arg("headers:add(): the header name", name, 2),
-      string_arg("headers:add(): the header value", value, 2))
-    if problem ~= nil then error("headers:add(): " .. problem, 2) end
+    name = header_name("headers:add()", name)
+    value = header_value("headers:add()", name, value)
+    local values = changed[name]
+    if not values then
+      local current = values == nil and original(name) or nil
+      values = { current }
+      changed[name] = values
+    end
+    values[#values + 1] = value
+    emit("a", name, value)
   end
   function header_methods.replace(self, name, value)
     check_self(self, headers, "headers:replace(name, value)")
-    local problem = js_replace(string_arg("headers:replace(): the header name", name, 2),
-      string_arg("headers:replace(): the header value", value, 2))
-    if problem ~= nil then error("headers:replace(): " .. problem, 2) end
+    name = header_name("headers:replace()", name)
+    value = header_value("headers:replace()", name, value)
+    changed[name] = { value }
+    emit("p", name, value)
   end
   function header_methods.remove(self, name)
     check_self(self, headers, "headers:remove(name)")
-    js_remove(string_arg("headers:remove(): the header name", name, 2))
+    name = header_name("headers:remove()", name)
+    changed[name] = false
+    emit("d", name)
   end
 
   local handle_methods = methods_of("request_handle",
@@ -190,9 +264,12 @@ return function(js_get, js_add, js_replace, js_remove, js_log, js_reply_header, 
     logErr = "error", logError = "error", logCritical = "fatal",
   }
   for method, level in pairs(levels) do
+    local call = "request_handle:" .. method .. "(message)"
     handle_methods[method] = function(self, message)
-      check_self(self, handle, "request_handle:" .. method .. "(message)")
-      js_log(level, string_arg("request_handle:" .. method .. "(): the message", message, 2))
+      check_self(self, handle, call)
+      message = string_arg("request_handle:" .. method .. "(): the message", message, 2)
+      if find(message, "[%z\2]") then message = gsub(gsub(message, "%z", "\\0"), "\2", "\\2") end
+      emit("l", level, message)
     end
   end
 
@@ -204,14 +281,28 @@ return function(js_get, js_add, js_replace, js_remove, js_log, js_reply_header, 
     if body ~= nil and type(body) ~= "string" then
       error("request_handle:respond(): the body must be a string, not " .. type(body), 2)
     end
+    if body ~= nil and find(body, "\0", 1, true) then
+      error("request_handle:respond(): the body must not contain NUL bytes", 2)
+    end
     for name, value in pairs(reply_headers) do
       if type(name) ~= "string" then
         error("request_handle:respond(): header names must be strings, not " .. type(name), 2)
       end
-      local problem = js_reply_header(name, string_arg("request_handle:respond(): the value of " .. name, value, 2))
-      if problem ~= nil then error("request_handle:respond(): " .. problem, 2) end
+      name = lower(name)
+      if name == ":status" then
+        local status = string_arg("request_handle:respond(): :status", value, 2)
+        local code = find(status, "^%d%d%d$") and tonumber(status)
+        if not code or code < 200 or code > 599 then
+          error("request_handle:respond(): :status must be a status code from 200 to 599, not \"" .. status .. "\"", 2)
+        end
+        emit("s", status)
+      else
+        name = header_name("request_handle:respond()", name)
+        emit("h", name, header_value("request_handle:respond()", name, value))
+      end
     end
-    js_reply(body or "")
+    emit("b")
+    reply_body = body or ""
     -- As in Envoy, respond() ends the script: the coroutine is never resumed.
     coyield(REPLY)
   end
@@ -224,32 +315,32 @@ return function(js_get, js_add, js_replace, js_remove, js_log, js_reply_header, 
   if on_request == nil then return "no_on_request" end
   if type(on_request) ~= "function" then return "on_request_type:" .. type(on_request) end
   if env.envoy_on_response ~= nil then return "on_response" end
+
   -- Taken once, as Envoy takes a reference at load time.
-  return function() return run(on_request, handle) end
+  __revtun_on_request = function(request_headers)
+    block, changed, out, n_out, operations, reply_body = request_headers, {}, {}, 0, 0, ""
+    local result = run(on_request, handle)
+    out[n_out + 1] = ""
+    local results, body = concat(out, "\2", 1, n_out + 1), reply_body
+    block, changed, out, reply_body = "", {}, {}, ""
+    return result, results, body
+  end
+  return "ok"
 end
 `;
 
-/** RFC 9110 token; the same set Node accepts as a header name. */
-const headerNamePattern = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-/** What Node accepts in a header value (lib/_http_common.js checkInvalidHeaderChar). */
-const headerValuePattern = /^[\t\x20-\x7e\x80-\xff]*$/;
-
-function headerProblem(name: string, value?: string): string | undefined {
-  if (name.startsWith(':')) return `"${name}": revtun scripts cannot change pseudo-headers`;
-  if (!headerNamePattern.test(name)) return `"${name}" is not a valid header name`;
-  if (value !== undefined && !headerValuePattern.test(value)) {
-    return `the value of "${name}" is not a valid header value (no CR, LF or NUL)`;
-  }
-  return undefined;
-}
-
 type LuaLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
 const luaLevels = new Set<string>(['trace', 'debug', 'info', 'warn', 'error', 'fatal']);
+
+/** What Node accepts in a header value (lib/_http_common.js checkInvalidHeaderChar). */
+const headerValuePattern = /^[\t\x20-\x7e\x80-\xff]*$/;
 
 interface Wasmoon {
   readonly factory: LuaFactory;
   /** The standard libraries a header script's VM opens (never io, os or package). */
   readonly libraries: readonly LuaLibraries[];
+  readonly registryIndex: number;
+  readonly multipleResults: number;
 }
 
 let wasmoonPromise: Promise<Wasmoon> | undefined;
@@ -257,7 +348,7 @@ let wasmoonPromise: Promise<Wasmoon> | undefined;
 /** wasmoon's module and its WebAssembly, loaded on first use and shared by every script. */
 function loadWasmoon(): Promise<Wasmoon> {
   wasmoonPromise ??= import('wasmoon').then(
-    ({ LuaFactory, LuaLibraries }) => ({
+    ({ LuaFactory, LuaLibraries, LUA_REGISTRYINDEX, LUA_MULTRET }) => ({
       factory: new LuaFactory(),
       libraries: [
         LuaLibraries.Base,
@@ -267,6 +358,8 @@ function loadWasmoon(): Promise<Wasmoon> {
         LuaLibraries.Math,
         LuaLibraries.Debug,
       ],
+      registryIndex: LUA_REGISTRYINDEX,
+      multipleResults: LUA_MULTRET,
     }),
     (error: unknown) => {
       wasmoonPromise = undefined;
@@ -276,115 +369,145 @@ function loadWasmoon(): Promise<Wasmoon> {
   return wasmoonPromise;
 }
 
+/** The headers as the runner reads them: "\n" name "\1" value ... "\n". */
+function encodeHeaders(headers: RequestHeaders): string {
+  let block = '\n';
+  for (const [name, value] of Object.entries(headers.toObject())) {
+    block += `${name}\u0001${Array.isArray(value) ? value.join(', ') : value}\n`;
+  }
+  return block;
+}
+
 class LuaRequestScript implements RequestScript {
   readonly #engine: LuaEngine;
+  readonly #wasmoon: Wasmoon;
   readonly #logger: Logger;
   readonly #maxInstructions: number;
-  #run: (() => unknown) | undefined;
-  #headers: RequestHeaders | undefined;
-  #replyHeaders: Record<string, string> = {};
-  #replyStatus: number | undefined;
-  #reply: LocalReply | undefined;
+  readonly #maxMemoryBytes: number;
+  readonly #runner: bigint;
   #closed = false;
 
-  constructor(engine: LuaEngine, logger: Logger, maxInstructions: number) {
-    this.#engine = engine;
-    this.#logger = logger;
-    this.#maxInstructions = maxInstructions;
-  }
-
-  /** The functions the prelude calls. They return undefined (Lua nil), never null. */
-  bridge(): Array<(...args: never[]) => string | undefined> {
-    const current = (): RequestHeaders => {
-      if (this.#headers === undefined) throw new Error('request_handle used outside a request');
-      return this.#headers;
-    };
-    return [
-      (name: string) => current().get(name),
-      (name: string, value: string) => {
-        const problem = headerProblem(name, value);
-        if (problem === undefined) current().add(name, value);
-        return problem;
-      },
-      (name: string, value: string) => {
-        const problem = headerProblem(name, value);
-        if (problem === undefined) current().replace(name, value);
-        return problem;
-      },
-      (name: string) => {
-        current().remove(name);
-        return undefined;
-      },
-      (level: string, message: string) => {
-        this.#logger[luaLevels.has(level) ? (level as LuaLevel) : 'info']({ lua: true }, message);
-        return undefined;
-      },
-      (name: string, value: string) => {
-        const key = name.toLowerCase();
-        if (key === ':status') {
-          const status = /^\d{3}$/.test(value.trim()) ? Number(value.trim()) : NaN;
-          if (!(status >= 200 && status <= 599)) {
-            return `":status" must be a status code from 200 to 599, not "${value}"`;
-          }
-          this.#replyStatus = status;
-          return undefined;
-        }
-        const problem = headerProblem(key, value);
-        if (problem === undefined) this.#replyHeaders[key] = value;
-        return problem;
-      },
-      (body: string) => {
-        this.#reply = {
-          status: this.#replyStatus ?? 200,
-          headers: this.#replyHeaders,
-          body,
-        };
-        return undefined;
-      },
-    ];
-  }
-
-  attach(run: () => unknown): void {
-    this.#run = run;
+  constructor(options: {
+    engine: LuaEngine;
+    wasmoon: Wasmoon;
+    runner: bigint;
+    logger: Logger;
+    maxInstructions: number;
+    maxMemoryBytes: number;
+  }) {
+    this.#engine = options.engine;
+    this.#wasmoon = options.wasmoon;
+    this.#runner = options.runner;
+    this.#logger = options.logger;
+    this.#maxInstructions = options.maxInstructions;
+    this.#maxMemoryBytes = options.maxMemoryBytes;
   }
 
   onRequest(headers: RequestHeaders): LocalReply | undefined {
-    const run = this.#run;
-    if (this.#closed || run === undefined) {
-      throw new RequestScriptError('error', 'the request script is closed');
-    }
-    this.#headers = headers;
-    this.#replyHeaders = {};
-    this.#replyStatus = undefined;
-    this.#reply = undefined;
-    let outcome: unknown;
-    try {
-      outcome = run();
-    } catch (error) {
-      // Not a Lua error (those come back as an outcome): the VM itself failed.
-      throw new RequestScriptError('error', `the request script failed: ${String(error)}`);
-    } finally {
-      this.#headers = undefined;
-    }
+    if (this.#closed) throw new RequestScriptError('error', 'the request script is closed');
+    const [outcome = 'error:the script returned nothing', operations = '', body = ''] = this.#call(
+      encodeHeaders(headers),
+    );
+    const reply = this.#apply(operations.split('\u0002'), body, headers);
     if (outcome === 'ok') return undefined;
-    if (outcome === 'reply' && this.#reply !== undefined) return this.#reply;
+    if (outcome === 'reply' && reply !== undefined) return reply;
     if (outcome === 'overrun') {
       throw new RequestScriptError(
         'instruction_limit',
         `the request script was stopped: it ran more than ${this.#maxInstructions} Lua instructions`,
       );
     }
-    const text = String(outcome);
-    throw new RequestScriptError(
-      'error',
-      `the request script failed: ${text.startsWith('error:') ? text.slice('error:'.length) : text}`,
-    );
+    const message = outcome.startsWith('error:') ? outcome.slice('error:'.length) : outcome;
+    throw new RequestScriptError('error', `the request script failed: ${message}`);
+  }
+
+  /** Calls the runner through Lua's C API (4 + n calls: wasmoon's wrappers would make dozens). */
+  #call(block: string): string[] {
+    const { global } = this.#engine;
+    const { lua, address: L } = global;
+    const base = lua.lua_gettop(L);
+    // Only the script's own allocations count against the cap: the headers string is pushed
+    // outside Lua's protected mode, where an allocation failure would abort the VM.
+    global.setMemoryMax(undefined);
+    lua.lua_rawgeti(L, this.#wasmoon.registryIndex, this.#runner);
+    lua.lua_pushstring(L, block);
+    global.setMemoryMax(this.#maxMemoryBytes);
+    const status = lua.lua_pcallk(L, 1, this.#wasmoon.multipleResults, 0, 0, null);
+    const results: string[] = [];
+    for (let index = base + 1, top = lua.lua_gettop(L); index <= top; index += 1) {
+      results.push(lua.lua_tolstring(L, index, null) ?? '');
+    }
+    lua.lua_settop(L, base);
+    // Outside the coroutine (not the script's code): e.g. out of memory before it started.
+    if (status !== 0) return [`error:${results[0] ?? `Lua status ${status}`}`];
+    return results;
+  }
+
+  /** Applies the header changes and log lines in order; returns the local reply, if any. */
+  #apply(
+    operations: readonly string[],
+    body: string,
+    headers: RequestHeaders,
+  ): LocalReply | undefined {
+    let status: number | undefined;
+    let replyHeaders: Record<string, string> | undefined;
+    let index = 0;
+    const next = () => operations[index++] ?? '';
+    // The list ends with an empty field (every field is followed by "\2").
+    while (index < operations.length - 1) {
+      const what = next();
+      switch (what) {
+        case 'a':
+        case 'p': {
+          const name = next();
+          const value = next();
+          // Lua checked for control characters; a character Node refuses (above U+00FF) is
+          // only visible once the UTF-8 is decoded.
+          if (!headerValuePattern.test(value)) {
+            throw new RequestScriptError(
+              'error',
+              `the request script failed: the value of ${name} is not a valid header value`,
+            );
+          }
+          if (what === 'a') headers.add(name, value);
+          else headers.replace(name, value);
+          break;
+        }
+        case 'd':
+          headers.remove(next());
+          break;
+        case 'l': {
+          const level = next();
+          this.#logger[luaLevels.has(level) ? (level as LuaLevel) : 'info']({ lua: true }, next());
+          break;
+        }
+        case 's':
+          status = Number(next());
+          break;
+        case 'h': {
+          const name = next();
+          const value = next();
+          if (!headerValuePattern.test(value)) {
+            throw new RequestScriptError(
+              'error',
+              `the request script failed: the value of ${name} in respond() is not a valid header value`,
+            );
+          }
+          (replyHeaders ??= {})[name] = value;
+          break;
+        }
+        case 'b':
+          return { status: status ?? 200, headers: replyHeaders ?? {}, body };
+        default:
+          throw new Error(`request script: unknown operation "${what}"`);
+      }
+    }
+    return undefined;
   }
 
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#run = undefined;
     this.#engine.global.close();
   }
 }
@@ -417,27 +540,35 @@ function loadProblem(outcome: string, maxInstructions: number): string {
  * defines no envoy_on_request or defines envoy_on_response.
  */
 export async function loadRequestScript(options: RequestScriptOptions): Promise<RequestScript> {
-  const { factory, libraries } = await loadWasmoon();
-  const engine = await factory.createEngine({
+  const wasmoon = await loadWasmoon();
+  const engine = await wasmoon.factory.createEngine({
     openStandardLibs: false,
     injectObjects: false,
     enableProxy: false,
     traceAllocations: true,
   });
   try {
-    for (const library of libraries) engine.global.loadLibrary(library);
-    engine.global.setMemoryMax(options.maxMemoryBytes ?? defaultMaxMemoryBytes);
-    const script = new LuaRequestScript(engine, options.logger, options.maxInstructions);
-    const setup = engine.doStringSync(prelude) as (...args: unknown[]) => unknown;
-    const outcome = setup(...script.bridge(), options.inlineCode, options.maxInstructions);
-    if (typeof outcome !== 'function') {
-      throw new RevtunError(
-        'ERR_CONFIG_INVALID',
-        loadProblem(String(outcome), options.maxInstructions),
-      );
+    const { global } = engine;
+    for (const library of wasmoon.libraries) global.loadLibrary(library);
+    const maxMemoryBytes = options.maxMemoryBytes ?? defaultMaxMemoryBytes;
+    global.setMemoryMax(maxMemoryBytes);
+    engine.doStringSync(prelude);
+    const setup = global.get('setup') as (...args: unknown[]) => unknown;
+    const outcome = String(setup(options.inlineCode, options.maxInstructions, maxOperations));
+    if (outcome !== 'ok') {
+      throw new RevtunError('ERR_CONFIG_INVALID', loadProblem(outcome, options.maxInstructions));
     }
-    script.attach(outcome as () => unknown);
-    return script;
+    const { lua, address: L } = global;
+    lua.lua_getglobal(L, '__revtun_on_request');
+    const runner = BigInt(lua.luaL_ref(L, wasmoon.registryIndex));
+    return new LuaRequestScript({
+      engine,
+      wasmoon,
+      runner,
+      logger: options.logger,
+      maxInstructions: options.maxInstructions,
+      maxMemoryBytes,
+    });
   } catch (error) {
     engine.global.close();
     throw error;
