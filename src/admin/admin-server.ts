@@ -9,9 +9,10 @@
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { HostPort } from '../shared/address.ts';
+import { openLineLog, type LineLog } from '../shared/lifecycle-log.ts';
 import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
-import type { StatSnapshot } from '../shared/stats.ts';
+import type { Counter, StatSnapshot } from '../shared/stats.ts';
 import { renderStatsText } from './stats-text.ts';
 
 export interface AdminServerOptions {
@@ -22,14 +23,21 @@ export interface AdminServerOptions {
   /** True while the process is ready to serve (Envoy's /ready answers LIVE). */
   readonly ready: () => boolean;
   readonly logger: Logger;
+  /** Where to write one line per request (Envoy's admin access_log), and what counts drops. */
+  readonly accessLog?: { readonly path: string; readonly dropped: Counter } | undefined;
 }
 
 export class AdminServer {
   readonly #options: AdminServerOptions;
   readonly #server: http.Server;
+  readonly #accessLog: LineLog | undefined;
 
   constructor(options: AdminServerOptions) {
     this.#options = options;
+    this.#accessLog =
+      options.accessLog === undefined
+        ? undefined
+        : openLineLog(options.accessLog.path, options.accessLog.dropped);
     this.#server = http.createServer(
       { requestTimeout: 10_000, headersTimeout: 10_000 },
       (request, response) => this.#handle(request, response),
@@ -49,9 +57,11 @@ export class AdminServer {
     const closed = closeServer(this.#server);
     this.#server.closeAllConnections();
     await closed;
+    await this.#accessLog?.close();
   }
 
   #handle(request: IncomingMessage, response: ServerResponse): void {
+    if (this.#accessLog !== undefined) logAccess(this.#accessLog, request, response);
     const url = new URL(request.url ?? '/', 'http://admin');
     if (request.method !== 'GET' && request.method !== 'HEAD') {
       text(response, 405, 'method not allowed: the admin endpoints answer GET\n', {
@@ -119,11 +129,38 @@ function text(
   body: string,
   headers: Record<string, string> = {},
 ): void {
-  response.writeHead(status, {
+  const fields = {
     'content-type': 'text/plain; charset=utf-8',
     'content-length': Buffer.byteLength(body),
     'cache-control': 'no-cache',
     ...headers,
-  });
+  };
+  // Set one by one, so that the access log can read content-length back.
+  for (const [name, value] of Object.entries(fields)) response.setHeader(name, value);
+  response.writeHead(status);
   response.end(response.req.method === 'HEAD' ? undefined : body);
+}
+
+/**
+ * One line per request in Envoy's default access-log format:
+ * [%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE%
+ * %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%
+ * "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%"
+ * "%UPSTREAM_HOST%"
+ */
+function logAccess(log: LineLog, request: IncomingMessage, response: ServerResponse): void {
+  const started = new Date();
+  response.once('finish', () => {
+    const field = (value: string | string[] | undefined) =>
+      value === undefined
+        ? '-'
+        : (Array.isArray(value) ? value.join(',') : value).replace(/"/g, '\\"');
+    const sent = Number(response.getHeader('content-length') ?? 0);
+    log.writeLine(
+      `[${started.toISOString()}] "${request.method ?? '-'} ${field(request.url)} HTTP/${request.httpVersion}" ` +
+        `${response.statusCode} - 0 ${sent} ${Date.now() - started.getTime()} - ` +
+        `"${field(request.headers['x-forwarded-for'])}" "${field(request.headers['user-agent'])}" ` +
+        `"${field(request.headers['x-request-id'])}" "${field(request.headers.host)}" "-"`,
+    );
+  });
 }

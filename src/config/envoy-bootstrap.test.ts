@@ -103,7 +103,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
         cluster_id: 'downstream-cluster',
         tenant_id: 'downstream-tenant',
         stat_prefix: 'downstream_reverse_connection',
-        admin: { address: '0.0.0.0:8888' },
+        admin: { address: '0.0.0.0:8888', access_log: { path: '/dev/stdout' } },
         remote_clusters: [
           { name: 'upstream-cluster', hosts: ['upstream-envoy:9000'], tunnels_per_host: 1 },
         ],
@@ -122,7 +122,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
       tenant_id: 'downstream-tenant',
       stat_prefix: 'downstream_reverse_connection',
       enable_detailed_stats: false,
-      admin: { address: { host: '0.0.0.0', port: 8888 } },
+      admin: { address: { host: '0.0.0.0', port: 8888 }, access_log: { path: '/dev/stdout' } },
       handshake: {
         request_path: '/reverse_connections/request',
         header_prefix: 'x-envoy',
@@ -157,11 +157,13 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
     assert.deepEqual(translation.inputs, {
       responder: {
         stat_prefix: 'upstream_reverse_connection',
-        admin: { address: '0.0.0.0:8888' },
+        admin: { address: '0.0.0.0:8888', access_log: { path: '/dev/stdout' } },
         tunnel_listener: { address: '0.0.0.0:9000', ping_interval: '2s' },
         egress_listeners: [
           {
             address: '0.0.0.0:8085',
+            no_host_id_status: 503,
+            stat_prefix: 'egress_http',
             host_id_headers: ['x-computed-host-id'],
             lua: { inline_code: sandboxLua },
             routes: [{ prefix: '/downstream_service', cluster: 'reverse_connection_cluster' }],
@@ -172,7 +174,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
     assert.deepEqual(translation.responder, {
       stat_prefix: 'upstream_reverse_connection',
       enable_tenant_isolation: false,
-      admin: { address: { host: '0.0.0.0', port: 8888 } },
+      admin: { address: { host: '0.0.0.0', port: 8888 }, access_log: { path: '/dev/stdout' } },
       tunnel_listener: {
         address: { host: '0.0.0.0', port: 9000 },
         request_path: '/reverse_connections/request',
@@ -190,7 +192,9 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
       egress_listeners: [
         {
           address: { host: '0.0.0.0', port: 8085 },
+          stat_prefix: 'egress_http',
           host_id_headers: ['x-computed-host-id'],
+          no_host_id_status: 503,
           lua: { inline_code: sandboxLua, max_instructions: 10_000_000 },
           routes: [{ prefix: '/downstream_service', cluster: 'reverse_connection_cluster' }],
           request_timeout: 300_000,
@@ -200,7 +204,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
     assert.ok(Object.isFrozen(translation.responder));
   });
 
-  it('a bootstrap with both extensions runs both roles; the responder gets the admin address', () => {
+  it('a bootstrap with both extensions runs both roles, and refuses one admin server for both', () => {
     const both = edit(
       sandboxResponder,
       'bootstrap_extensions:\n',
@@ -258,7 +262,9 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
           '',
         ].join('\n'),
       );
-    const translation = translateEnvoyBootstrap(both);
+    const withoutAdmin = both.replace(/\nadmin:\n(?: .*\n)+/, '\n');
+    assert.notEqual(withoutAdmin, both);
+    const translation = translateEnvoyBootstrap(withoutAdmin);
     assert.deepEqual(translation.inputs.initiator, {
       node_id: 'n1',
       cluster_id: 'c1',
@@ -266,7 +272,18 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
       remote_clusters: [{ name: 'upstream', hosts: ['127.0.0.1:9000'], tunnels_per_host: 1 }],
       local_routes: [{ path: '/health', target: 'http://[::1]:8080' }],
     });
-    assert.deepEqual(translation.inputs.responder?.admin, { address: '0.0.0.0:8888' });
+    assert.equal(translation.inputs.responder?.admin, undefined);
+    assert.ok(translation.responder !== undefined);
+    assert.throws(
+      () => translateEnvoyBootstrap(both),
+      (error) =>
+        error instanceof ConfigError &&
+        error.problems.some(
+          (problem) =>
+            problem.path === 'admin' &&
+            /one admin server cannot serve both roles/.test(problem.message),
+        ),
+    );
   });
 });
 
@@ -896,7 +913,7 @@ describe('supported fields map to revtun settings', () => {
         headers: [{ name: 'authorization', value: 'Bearer abc' }],
       },
       lifecycle_log: { path: '/var/log/revtun/initiator.jsonl' },
-      admin: { address: '0.0.0.0:8888' },
+      admin: { address: '0.0.0.0:8888', access_log: { path: '/dev/stdout' } },
       remote_clusters: [
         { name: 'upstream-cluster', hosts: ['upstream-envoy:9000'], tunnels_per_host: 1 },
       ],
@@ -1038,6 +1055,8 @@ describe("the Envoy docs' example configs (test/fixtures/envoy/docs, copied unch
       egress_listeners: [
         {
           address: '0.0.0.0:8085',
+          no_host_id_status: 503,
+          stat_prefix: 'egress_http',
           host_id_headers: ['x-node-id'],
           tenant_id_headers: ['x-tenant-id'],
           routes: [{ prefix: '/downstream_service', cluster: 'reverse_connection_cluster' }],

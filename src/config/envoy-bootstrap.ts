@@ -169,12 +169,20 @@ class Translator {
     const inputs: Mutable<EnvoyBootstrapTranslation['inputs']> = {};
     const hasInitiator = rcListeners.length > 0 || extensions.downstream !== undefined;
     const hasResponder = tunnelListeners.length > 0 || extensions.upstream !== undefined;
-    // One admin address can serve one role; with both, the responder gets it (see the report).
-    const adminRole: Role | undefined = hasResponder
-      ? 'responder'
-      : hasInitiator
-        ? 'initiator'
-        : undefined;
+    // revtun runs each role with its own admin server; one address cannot serve two.
+    if (hasInitiator && hasResponder && admin !== undefined) {
+      adminField.fail(
+        'one admin server cannot serve both roles: revtun runs the initiator and the responder each with its own admin server; split the bootstrap in two',
+      );
+    }
+    const adminRole: Role | undefined =
+      hasInitiator && hasResponder
+        ? undefined
+        : hasResponder
+          ? 'responder'
+          : hasInitiator
+            ? 'initiator'
+            : undefined;
     if (hasInitiator) {
       const initiator = this.#initiator({
         rcListeners,
@@ -230,15 +238,19 @@ class Translator {
     node?.done();
   }
 
-  #admin(field: Field): string | undefined {
+  #admin(field: Field): { address: string; access_log?: { path: string } } | undefined {
     if (!field.present) return undefined;
     const admin = field.object(['address', 'access_log']);
     if (admin === undefined) return undefined;
-    // revtun's admin server keeps no access log: accepted, and listed as a documented difference.
-    for (const log of admin.get('access_log').list() ?? []) readAccessLog(log);
+    const logsField = admin.get('access_log');
+    const logs = logsField.list() ?? [];
+    if (logs.length > 1)
+      logsField.fail('has more than one entry; revtun writes one admin access log');
+    const path = logs[0] === undefined ? undefined : readAccessLog(logs[0], 'admin');
     const address = readSocketAddress(admin.get('address'));
     admin.done();
-    return address?.text;
+    if (address === undefined) return undefined;
+    return { address: address.text, ...(path === undefined ? {} : { access_log: { path } }) };
   }
 
   #runtime(field: Field): void {
@@ -361,7 +373,7 @@ class Translator {
     rcListeners: ReadonlyArray<RcListener>;
     extension: Fields | null | undefined;
     clusters: ReadonlyMap<string, Cluster | undefined>;
-    admin?: string | undefined;
+    admin?: { address: string; access_log?: { path: string } } | undefined;
     adminField: Field;
     headerPrefix: { text: string; field: Field } | undefined;
   }): InitiatorConfigInput | undefined {
@@ -398,7 +410,7 @@ class Translator {
       result.handshake = { header_prefix: options.headerPrefix.text };
     }
     if (options.admin !== undefined) {
-      result.admin = { address: options.admin };
+      result.admin = options.admin;
       this.#note('initiator', 'admin', options.adminField);
     }
     if (listener === undefined) {
@@ -546,7 +558,7 @@ class Translator {
     egressListeners: ReadonlyArray<EgressListener>;
     extension: Fields | null | undefined;
     clusters: ReadonlyMap<string, Cluster | undefined>;
-    admin?: string | undefined;
+    admin?: { address: string; access_log?: { path: string } } | undefined;
     adminField: Field;
     headerPrefix: { text: string; field: Field } | undefined;
   }): ResponderConfigInput | undefined {
@@ -589,7 +601,7 @@ class Translator {
       config.done();
     }
     if (options.admin !== undefined) {
-      result.admin = { address: options.admin };
+      result.admin = options.admin;
       this.#note('responder', 'admin', options.adminField);
     }
     if (tunnel === undefined) {
@@ -776,8 +788,14 @@ class Translator {
     }
     const result: Mutable<ResponderConfigInput['egress_listeners'][number]> = {
       address: listener.address,
+      // Envoy's reverse_connection cluster finds no host for a request without a host id: 503.
+      no_host_id_status: 503,
       routes,
     };
+    if (listener.hcm.statPrefix !== undefined) {
+      result.stat_prefix = listener.hcm.statPrefix.text;
+      this.#note('responder', `${at}.stat_prefix`, listener.hcm.statPrefix.field);
+    }
     // The same headers on every route are the listener's; otherwise each route names its own.
     const same = (lists: ReadonlyArray<readonly string[] | undefined>) =>
       lists.every((list) => JSON.stringify(list) === JSON.stringify(lists[0]));

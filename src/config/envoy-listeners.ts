@@ -16,6 +16,8 @@ export interface Route {
 }
 
 export interface HttpConnectionManager {
+  /** The HCM's stat_prefix: revtun's egress listener counts `http.<stat_prefix>.…` too. */
+  readonly statPrefix?: { readonly text: string; readonly field: Field };
   readonly routes: readonly Route[];
   readonly lua?: { readonly code: string; readonly field: Field };
 }
@@ -228,8 +230,8 @@ function readHcm(
   role: 'initiator' | 'egress',
 ): HttpConnectionManager | undefined {
   if (config === undefined) return undefined;
-  // Envoy's stats prefix of the HCM; revtun counts per route cluster instead.
-  config.get('stat_prefix').string();
+  const statPrefixField = config.get('stat_prefix');
+  const statPrefix = statPrefixField.string();
   const codec = config.get('codec_type');
   const codecs = role === 'initiator' ? ['AUTO', 'HTTP2'] : ['AUTO', 'HTTP1'];
   if (codec.present && !codecs.includes(String(codec.value))) {
@@ -244,7 +246,14 @@ function readHcm(
   const lua = readHttpFilters(config.get('http_filters'), role);
   config.done();
   if (routes === undefined) return undefined;
-  return { routes, ...optional('lua', lua) };
+  return {
+    routes,
+    ...optional('lua', lua),
+    ...optional(
+      'statPrefix',
+      statPrefix === undefined ? undefined : { text: statPrefix, field: statPrefixField },
+    ),
+  };
 }
 
 function readRoutes(field: Field): Route[] | undefined {

@@ -285,12 +285,19 @@ export function readSocketAddress(field: Field): SocketAddress | undefined {
 }
 
 /** An access logger revtun can write to; returns the file's path. */
-export function readAccessLog(field: Field): string | undefined {
+/** A file access logger's path; `use` says what revtun writes there, for the log_format error. */
+export function readAccessLog(
+  field: Field,
+  use: 'lifecycle' | 'admin' = 'lifecycle',
+): string | undefined {
   const log = field.object(['name', 'typed_config']);
   if (log === undefined) return undefined;
   const nameField = log.get('name');
   const name = nameField.string();
-  log.reject('filter', 'is not supported: revtun logs every lifecycle event');
+  log.reject(
+    'filter',
+    `is not supported: revtun logs every ${use === 'admin' ? 'admin request' : 'lifecycle event'}`,
+  );
   const logger = accessLoggers.find((candidate) => candidate.name === name);
   if (logger === undefined) {
     log.ignore('typed_config');
@@ -309,7 +316,9 @@ export function readAccessLog(field: Field): string | undefined {
   if (config === undefined) return undefined;
   config.reject(
     'log_format',
-    "is not supported: revtun writes each lifecycle event as one JSON line with Envoy's field names (event, node_id, cluster_id, tenant_id, …); remove log_format",
+    use === 'admin'
+      ? "is not supported: revtun writes admin requests in Envoy's default access-log format; remove log_format"
+      : "is not supported: revtun writes each lifecycle event as one JSON line with Envoy's field names (event, node_id, cluster_id, tenant_id, …); remove log_format",
   );
   let path: string | undefined = logger.path;
   if (logger.path === undefined) {

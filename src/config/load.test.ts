@@ -256,6 +256,8 @@ describe('parseConfigText', () => {
       egress_listeners: [
         {
           address: { host: '127.0.0.1', port: 8085 },
+          stat_prefix: 'egress',
+          no_host_id_status: 400,
           host_id_headers: ['x-node-id', 'x-remote-node-id', 'x-cluster-id', 'x-dst-cluster-uuid'],
           routes: [{ prefix: '/', cluster: 'reverse_connection_cluster' }],
           request_timeout: 300_000,
@@ -324,7 +326,10 @@ describe('parseConfigText', () => {
     assert.deepEqual(config, {
       stat_prefix: 'edge_acceptor',
       enable_tenant_isolation: true,
-      admin: { address: { host: '::1', port: 8889 } },
+      admin: {
+        address: { host: '::1', port: 8889 },
+        access_log: { path: '/var/log/revtun/admin.log' },
+      },
       lifecycle_log: { path: '/var/log/revtun/responder.jsonl' },
       tunnel_listener: {
         address: { host: '::', port: 9000 },
@@ -350,6 +355,8 @@ describe('parseConfigText', () => {
       egress_listeners: [
         {
           address: { host: '127.0.0.1', port: 8085 },
+          stat_prefix: 'edge_egress',
+          no_host_id_status: 503,
           host_id_headers: ['x-tenant-node'],
           tenant_id_headers: ['x-tenant'],
           lua: {

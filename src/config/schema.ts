@@ -71,6 +71,8 @@ const headerPrefix = z
 const admin = z.strictObject({
   /** Where the admin server listens, e.g. 127.0.0.1:8888. Keep it on loopback unless you must. */
   address: listenAddress,
+  /** A file that gets one line per admin request, in Envoy's default access-log format. */
+  access_log: z.strictObject({ path: z.string().min(1) }).optional(),
 });
 
 /** The origin a local route forwards to: `http://host:port`, nothing after it. */
@@ -313,6 +315,8 @@ export const responderSchema = z
       .array(
         z.strictObject({
           address: listenAddress,
+          /** Names the listener in its stats: `http.<stat_prefix>.…` (Envoy's HCM stat_prefix). */
+          stat_prefix: identifier.default('egress'),
           /**
            * Request headers that name the host id, tried in order; the first present wins. A value
            * that names a known cluster picks one of its nodes round robin, otherwise it names a node.
@@ -321,6 +325,11 @@ export const responderSchema = z
             .array(headerName)
             .min(1)
             .default([...defaultHostIdHeaders]),
+          /**
+           * The answer to a request that names no host id: 400 (revtun's default: the caller must
+           * send a routing header), or 503 as Envoy answers (its cluster finds no host).
+           */
+          no_host_id_status: z.union([z.literal(400), z.literal(503)]).default(400),
           /** With tenant isolation: request headers that name the tenant, tried in order. */
           tenant_id_headers: z.array(headerName).min(1).optional(),
           /** A Lua script whose envoy_on_request(request_handle) runs before routing. */

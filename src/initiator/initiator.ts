@@ -108,6 +108,13 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
             stats: () => this.stats.snapshot(),
             ready: () => this.#ready,
             logger,
+            accessLog:
+              config.admin.access_log === undefined
+                ? undefined
+                : {
+                    path: config.admin.access_log.path,
+                    dropped: this.stats.counter('revtun.admin_access_log.dropped'),
+                  },
           });
   }
 

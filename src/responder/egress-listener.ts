@@ -105,15 +105,24 @@ export class EgressListener {
     }
     // The script sees the request first and may change its headers or answer it (Envoy runs the
     // HTTP filters before the router).
-    const headers = new RequestHeaders(request.headers);
+    const headers = new RequestHeaders(request.headers, {
+      ':method': request.method ?? 'GET',
+      ':path': request.url ?? '/',
+      ':authority': request.headers.host ?? '',
+      ':scheme': 'http',
+    });
     if (this.#script !== undefined) {
       let local: LocalReply | undefined;
       try {
         local = this.#script.onRequest(headers);
       } catch (error) {
-        logger.error({ err: error }, 'request script failed');
-        reply(response, 500, `request script failed: ${describeError(error)}`);
-        return;
+        // As Envoy's Lua filter: the failure is logged and counted, and the request goes on with
+        // the headers as the script left them.
+        stats.counter(`http.${config.stat_prefix}.lua.errors`).inc();
+        logger.error(
+          { err: error, path: request.url },
+          'request script failed; the request goes on',
+        );
       }
       if (local !== undefined) {
         localReply(response, local);
@@ -129,7 +138,9 @@ export class EgressListener {
     const hostIdHeaders = route.host_id_headers ?? config.host_id_headers;
     const hostId = firstHeader(headers, hostIdHeaders);
     if (hostId === undefined) {
-      reply(response, 400, `no routing header: send one of ${hostIdHeaders.join(', ')}`);
+      const status = config.no_host_id_status;
+      if (status === 503) stats.counter(`cluster.${route.cluster}.upstream_cx_none_healthy`).inc();
+      reply(response, status, `no routing header: send one of ${hostIdHeaders.join(', ')}`);
       return;
     }
     let tenantId = '';

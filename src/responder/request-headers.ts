@@ -1,14 +1,18 @@
 /**
  * A caller's request headers while the egress listener works on them: what a request script may
  * read and change before the request is routed and forwarded. Names are lower-case, as Node gives
- * them; a repeated header reads as its values joined with ", " (as Envoy's Lua `get`).
+ * them; a repeated header reads as its values joined with ", " (as Envoy's Lua `get`). The
+ * request's pseudo-headers (`:method`, `:path`, `:authority`, `:scheme`) can be read, not changed,
+ * and are not part of `toObject()`: the forwarded request takes them from the request itself.
  */
 import type { IncomingHttpHeaders } from 'node:http';
 
 export class RequestHeaders {
   readonly #fields = new Map<string, string[]>();
+  readonly pseudo: Readonly<Record<string, string>>;
 
-  constructor(headers: IncomingHttpHeaders) {
+  constructor(headers: IncomingHttpHeaders, pseudo: Readonly<Record<string, string>> = {}) {
+    this.pseudo = pseudo;
     for (const [name, value] of Object.entries(headers)) {
       if (value === undefined) continue;
       this.#fields.set(name, Array.isArray(value) ? [...value] : [value]);
@@ -16,7 +20,9 @@ export class RequestHeaders {
   }
 
   get(name: string): string | undefined {
-    return this.#fields.get(name.toLowerCase())?.join(', ');
+    const key = name.toLowerCase();
+    if (key.startsWith(':')) return this.pseudo[key];
+    return this.#fields.get(key)?.join(', ');
   }
 
   /** Adds a value, keeping those already there. */

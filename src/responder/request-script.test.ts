@@ -340,7 +340,7 @@ describe('a failing script does not take the process down', () => {
   it('reports error() with a non-string value by its type', async () => {
     await assert.rejects(
       runOnce('error({})'),
-      /^RequestScriptError: the request script failed: an error value of type table$/,
+      /^RevtunError: the request script failed: an error value of type table$/,
     );
   });
 
@@ -361,7 +361,7 @@ describe('a failing script does not take the process down', () => {
     );
     assert.throws(
       () => script.onRequest(new RequestHeaders({})),
-      /^RequestScriptError: the request script failed: not enough memory$/,
+      /^RevtunError: the request script failed: not enough memory$/,
     );
     assert.throws(
       () => script.onRequest(new RequestHeaders({})),

@@ -65,14 +65,13 @@ export type RequestScriptFailure = 'error' | 'instruction_limit';
 /**
  * A script failed on a request. Envoy's Lua filter logs such an error, counts it
  * (`http.<stat_prefix>.lua.errors`) and lets the request continue with the headers as the script
- * left them; the egress listener decides what revtun does.
+ * left them; revtun's egress listener does the same.
  */
-export class RequestScriptError extends Error {
-  override readonly name = 'RequestScriptError';
+export class RequestScriptError extends RevtunError {
   readonly reason: RequestScriptFailure;
 
   constructor(reason: RequestScriptFailure, message: string) {
-    super(message);
+    super('ERR_SCRIPT', message);
     this.reason = reason;
   }
 }
@@ -372,6 +371,7 @@ function loadWasmoon(): Promise<Wasmoon> {
 /** The headers as the runner reads them: "\n" name "\1" value ... "\n". */
 function encodeHeaders(headers: RequestHeaders): string {
   let block = '\n';
+  for (const [name, value] of Object.entries(headers.pseudo)) block += `${name}\u0001${value}\n`;
   for (const [name, value] of Object.entries(headers.toObject())) {
     block += `${name}\u0001${Array.isArray(value) ? value.join(', ') : value}\n`;
   }

@@ -18,6 +18,7 @@ export const errorCatalogue = {
   ERR_TUNNEL_FAILED: { status: 502, summary: 'the tunnel failed before the response started' },
   ERR_LOCAL_SERVICE: { status: 502, summary: 'the local service failed' },
   ERR_CLOSED: { status: 503, summary: 'shutting down' },
+  ERR_SCRIPT: { status: 500, summary: 'the request script failed' },
 } as const satisfies Record<string, { status: number; summary: string }>;
 
 export type ErrorCode = keyof typeof errorCatalogue;

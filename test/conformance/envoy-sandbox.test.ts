@@ -141,18 +141,18 @@ describe("Envoy's sandbox bootstrap files, translated, pass the sandbox's verify
     );
   });
 
-  it(
-    'answers that request 503, as Envoy does when the reverse_connection cluster has no host',
-    {
-      todo: 'revtun answers 400 "no routing header"; Envoy answers 503 (no healthy upstream)',
-    },
-    async () => {
-      const egress = responder.addresses.egress[0];
-      assert.ok(egress);
-      const reply = await get(egress, '/downstream_service');
-      assert.equal(reply.status, 503, reply.text);
-    },
-  );
+  it('answers that request 503, as Envoy does when the reverse_connection cluster has no host', async () => {
+    const egress = responder.addresses.egress[0];
+    assert.ok(egress);
+    const before =
+      responder.stats.value('cluster.reverse_connection_cluster.upstream_cx_none_healthy') ?? 0;
+    const reply = await get(egress, '/downstream_service');
+    assert.equal(reply.status, 503, reply.text);
+    assert.equal(
+      responder.stats.value('cluster.reverse_connection_cluster.upstream_cx_none_healthy'),
+      before + 1,
+    );
+  });
 });
 
 /** An initiator whose listener has two rc:// addresses, to the responders of cluster-a and -b. */

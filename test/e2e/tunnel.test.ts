@@ -398,3 +398,73 @@ describe('nodes coming and going', () => {
     }
   });
 });
+
+describe('request scripts on the egress listener', () => {
+  let responder: Responder;
+  let service: TestService;
+  let close: () => Promise<void>;
+
+  before(async () => {
+    responder = await responderOnFreePorts({
+      egress_listeners: [
+        {
+          address: '127.0.0.1:0',
+          stat_prefix: 'egress_http',
+          host_id_headers: ['x-computed-host-id'],
+          no_host_id_status: 503,
+          lua: {
+            inline_code: `
+              function envoy_on_request(request_handle)
+                local headers = request_handle:headers()
+                if headers:get(":path") == "/blocked" then
+                  request_handle:respond({[":status"] = "403", ["x-why"] = "blocked"}, "no\\n")
+                  return
+                end
+                if headers:get("x-explode") then error("boom") end
+                local node = headers:get("x-node-id")
+                if node then headers:add("x-computed-host-id", node) end
+                headers:replace("x-seen-by-lua", headers:get(":method"))
+              end`,
+          },
+        },
+      ],
+    });
+    service = await startNamedService('n1');
+    const initiator = await connectedInitiator(responder, {
+      node: 'n1',
+      routes: [{ prefix: '/', target: service.target }],
+    });
+    close = () => initiator.close();
+  });
+
+  after(async () => {
+    await close();
+    await responder.close();
+    await service.close();
+  });
+
+  it('routes on the headers the script set, and forwards its changes', async () => {
+    const reply = await request(egressOf(responder), '/app', { headers: { 'x-node-id': 'n1' } });
+    assert.equal(reply.status, 200);
+    const seen = JSON.parse(reply.text) as { headers: Record<string, string> };
+    assert.equal(seen.headers['x-computed-host-id'], 'n1');
+    assert.equal(seen.headers['x-seen-by-lua'], 'GET');
+  });
+
+  it("answers with the script's own reply when it calls respond()", async () => {
+    const reply = await request(egressOf(responder), '/blocked', {
+      headers: { 'x-node-id': 'n1' },
+    });
+    assert.deepEqual([reply.status, reply.headers['x-why'], reply.text], [403, 'blocked', 'no\n']);
+  });
+
+  it('counts a failing script and lets the request go on, as Envoy does', async () => {
+    const before = statsOf(responder, 'http.egress_http.lua.errors') ?? 0;
+    const reply = await request(egressOf(responder), '/app', {
+      headers: { 'x-node-id': 'n1', 'x-explode': '1' },
+    });
+    // The script failed before it set the host id: no host, answered as configured (503).
+    assert.equal(reply.status, 503);
+    assert.equal(statsOf(responder, 'http.egress_http.lua.errors'), before + 1);
+  });
+});
