@@ -86,6 +86,10 @@ export class HostDialler {
   readonly #backoff: Backoff;
   readonly #slots: Slot[];
   #retryTimer: NodeJS.Timeout | undefined;
+  /** When the pending retry fires (epoch ms), to tell whether a Retry-After asks for later. */
+  #retryAt = 0;
+  /** Tunnels the responder is draining (GOAWAY): still open, no longer holding a slot. */
+  readonly #draining = new Set<InitiatorTunnel>();
   #closed = false;
   #closeWaiters: Array<() => void> = [];
 
@@ -123,6 +127,7 @@ export class HostDialler {
       else if (slot.state !== 'connected') this.#set(slot, 'empty');
       slot.tunnel?.close();
     }
+    for (const tunnel of this.#draining) tunnel.close();
     if (this.#allEmpty()) return Promise.resolve();
     return new Promise((resolve) => this.#closeWaiters.push(resolve));
   }
@@ -133,6 +138,7 @@ export class HostDialler {
       slot.socket?.destroy();
       slot.tunnel?.destroy();
     }
+    for (const tunnel of this.#draining) tunnel.destroy();
   }
 
   #fill(): void {
@@ -263,7 +269,24 @@ export class HostDialler {
     this.#options.onEvent(this, { event: 'handshake_success', connectionId });
     const tunnel = new InitiatorTunnel(socket, {
       ...this.#options.tunnel,
+      onDraining: () => {
+        // The responder drains this tunnel: it keeps serving its streams, and a replacement is
+        // dialled at once (Envoy #45875), so the node never runs short while the old one finishes.
+        if (slot.tunnel !== tunnel) return;
+        this.#draining.add(tunnel);
+        slot.socket = undefined;
+        slot.tunnel = undefined;
+        slot.initiatedAt = undefined;
+        slot.state = 'empty'; // its `connected` entry now belongs to the draining tunnel
+        this.#fill();
+      },
       onClose: (reason, error) => {
+        if (this.#draining.delete(tunnel)) {
+          this.#gauges.add('connected', -1);
+          this.#options.onEvent(this, { event: 'connection_closed', connectionId, reason });
+          if (this.#closed) this.#notifyIfEmpty();
+          return;
+        }
         slot.socket = undefined;
         slot.tunnel = undefined;
         slot.initiatedAt = undefined;
@@ -312,14 +335,22 @@ export class HostDialler {
       error: reason,
       detail,
     });
-    // Slots failing together are one failure: the first starts the wait, the others join it.
-    if (this.#retryTimer !== undefined) return;
-    const computed = this.#backoff.fail();
     // Retry-After replaces the computed delay, capped by max_reconnect_backoff (reference §4).
-    const delayMs =
+    const retryAfterMs =
       retryAfterSeconds === undefined
-        ? computed
+        ? undefined
         : Math.min(retryAfterSeconds * 1000, this.#options.maxBackoffMs);
+    // Slots failing together are one failure: the first starts the wait, the others join it; a
+    // Retry-After that asks for a later retry than the one pending moves it.
+    if (this.#retryTimer !== undefined) {
+      if (retryAfterMs !== undefined && Date.now() + retryAfterMs > this.#retryAt) {
+        clearTimeout(this.#retryTimer);
+        this.#schedule(retryAfterMs);
+      }
+      return;
+    }
+    const computed = this.#backoff.fail();
+    const delayMs = retryAfterMs ?? computed;
     this.#gauges.setHost('recovered', 0);
     this.#gauges.setHost('backoff', 1);
     logger.warn(
@@ -334,6 +365,11 @@ export class HostDialler {
       },
       'tunnel handshake failed',
     );
+    this.#schedule(delayMs);
+  }
+
+  #schedule(delayMs: number): void {
+    this.#retryAt = Date.now() + delayMs;
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined;
       this.#gauges.setHost('backoff', 0);
@@ -350,7 +386,7 @@ export class HostDialler {
   }
 
   #allEmpty(): boolean {
-    return this.#slots.every((slot) => slot.state === 'empty');
+    return this.#draining.size === 0 && this.#slots.every((slot) => slot.state === 'empty');
   }
 
   #notifyIfEmpty(): void {

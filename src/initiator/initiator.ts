@@ -130,7 +130,7 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
       worker_id: 'worker_0',
       connection_id: event.connectionId,
       ...(event.event === 'handshake_failure' ? { error: event.error, detail: event.detail } : {}),
-      ...(event.event === 'connection_closed' ? { reason: event.reason } : {}),
+      ...(event.event === 'connection_closed' ? { close_reason: event.reason } : {}),
     };
     this.#lifecycleLog?.write(record);
     this.emit('lifecycle', record);

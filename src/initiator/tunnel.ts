@@ -24,6 +24,8 @@ export interface InitiatorTunnelOptions {
     headers: IncomingHttpHeaders,
     flags: number,
   ) => void;
+  /** Called once when the responder sends GOAWAY: it drains this tunnel, so dial a replacement. */
+  readonly onDraining?: () => void;
   /** Called once when the tunnel is gone. */
   readonly onClose: (reason: TunnelCloseReason, error?: Error) => void;
 }
@@ -72,13 +74,14 @@ export class InitiatorTunnel {
   #onIdleData = (chunk: Buffer): void => {
     const { echoes, data, flood } = this.#interceptor.feed(chunk, Date.now());
     if (flood) {
-      this.#finish('rping_flood');
+      // As Envoy's rping_interceptor.cc: the echo that trips the guard is written, then the
+      // connection is reset (RST, not FIN) once those bytes have left.
+      this.socket.removeListener('data', this.#onIdleData);
+      this.socket.pause();
+      this.socket.write(echoBytes(echoes), () => this.#finish('rping_flood', undefined, true));
       return;
     }
-    if (echoes > 0)
-      this.socket.write(
-        echoes === 1 ? RPING : Buffer.concat(Array.from({ length: echoes }, () => RPING)),
-      );
+    if (echoes > 0) this.socket.write(echoBytes(echoes));
     if (data !== null) this.#startHttp2(data);
   };
 
@@ -93,6 +96,7 @@ export class InitiatorTunnel {
     });
     session.on('stream', this.#options.onStream);
     session.on('close', () => this.#finish('http2_closed'));
+    session.once('goaway', () => this.#options.onDraining?.());
   }
 
   #onError = (error: Error): void => {
@@ -103,10 +107,16 @@ export class InitiatorTunnel {
     if (this.#session === undefined) this.#finish('peer_close');
   };
 
-  #finish(reason: TunnelCloseReason, error?: Error): void {
+  #finish(reason: TunnelCloseReason, error?: Error, reset = false): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.socket.destroy();
+    if (reset) this.socket.resetAndDestroy();
+    else this.socket.destroy();
     this.#options.onClose(reason, error);
   }
+}
+
+/** `count` echoes in one write. */
+function echoBytes(count: number): Buffer {
+  return count === 1 ? RPING : Buffer.concat(Array.from({ length: count }, () => RPING));
 }

@@ -100,6 +100,10 @@ export class IdleTunnel {
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.#cleanWaiters = this.#cleanWaiters.filter((waiter) => waiter !== onClean);
+        // Echoes are owed that do not come: the peer has fallen out of step with its pings (it
+        // skipped some). Its keepalive may still look healthy, but a late echo would corrupt
+        // HTTP/2, so the tunnel is closed and the initiator dials a clean one.
+        this.#close('idle_protocol_error');
         resolve(null);
       }, this.#echoDeadlineMs());
       const onClean = () => {
@@ -171,7 +175,10 @@ export class IdleTunnel {
     this.#misses = 0;
     this.#lastAckAt = Date.now();
     for (let i = 0; i < echoes; i += 1) this.#options.onPing?.('idle_ping_ack', 0);
-    if (this.#deadlineTimer !== undefined && this.#owed === 0) {
+    // Any complete echo is an ack of the ping in flight (Envoy's upstream_socket_manager.cc): it
+    // cancels the deadline and re-arms the send timer, whatever older pings are still owed. The
+    // owed count stays exact for checkout, which needs no echo to be owed at all.
+    if (this.#deadlineTimer !== undefined) {
       clearTimeout(this.#deadlineTimer);
       this.#deadlineTimer = undefined;
       this.#armPing();

@@ -229,22 +229,21 @@ export class TunnelRegistry {
    * one on a checked-out idle tunnel. Throws ERR_NO_TUNNEL or ERR_TUNNEL_BUSY.
    */
   async acquire(node: NodeEntry): Promise<TunnelSession> {
-    // Each pass either returns, throws, or consumes an idle tunnel / awaits a checkout, so the
-    // passes are bounded by the node's idle tunnels plus one.
+    // Each pass returns, or waits for one checkout (its own, which uses up an idle tunnel, or one
+    // already in progress), so the passes are bounded by the node's idle tunnels plus one.
     const passes = node.idle.length + 2;
     for (let pass = 0; pass < passes; pass += 1) {
       const session = node.availableSession();
       if (session !== undefined) return session;
-      if (node.opening !== undefined) {
-        const opened = await node.opening;
-        if (opened?.available === true) return opened;
-        continue;
+      if (node.opening === undefined) {
+        const idle = node.bestIdle();
+        if (idle === undefined) break;
+        node.opening = this.#checkOut(node, idle).finally(() => {
+          node.opening = undefined;
+        });
       }
-      const idle = node.bestIdle();
-      if (idle === undefined) break;
-      node.opening = this.#checkOut(node, idle).finally(() => {
-        node.opening = undefined;
-      });
+      const opened = await node.opening;
+      if (opened?.available === true) return opened;
     }
     if (node.sessions.length > 0) {
       throw new RevtunError(
@@ -305,12 +304,8 @@ export class TunnelRegistry {
   async #checkOut(node: NodeEntry, idle: IdleTunnel): Promise<TunnelSession | null> {
     removeFrom(node.idle, idle);
     const socket = await idle.checkout();
-    if (socket === null) {
-      // The owed echo did not come in time: leave the tunnel to its keepalive, which closes it if
-      // the peer is really gone.
-      if (idle.state === 'idle') node.idle.push(idle);
-      return null;
-    }
+    // Null: the tunnel closed meanwhile, or the echo it owed did not come and it was closed.
+    if (socket === null) return null;
     const info = this.#infos.get(idle) as TunnelInfo;
     const cluster = this.#clusters.get(node.clusterKey) as ClusterEntry;
     const session = new TunnelSession(socket, {

@@ -31,6 +31,7 @@ export class TunnelSession {
   readonly identity: Identity;
   readonly openedAt = Date.now();
   readonly #session: ClientHttp2Session;
+  readonly #socket: Socket;
   readonly #options: TunnelSessionOptions;
   #inFlight = 0;
   /** No new streams: GOAWAY sent or received, or the session is gone. */
@@ -43,6 +44,7 @@ export class TunnelSession {
   constructor(socket: Socket, options: TunnelSessionOptions) {
     this.identity = options.identity;
     this.#options = options;
+    this.#socket = socket;
     socket.on('error', () => {
       // The session sees the same error and reports it through its own 'error'/'close'.
     });
@@ -58,7 +60,10 @@ export class TunnelSession {
       this.#peerLimit = settings.maxConcurrentStreams;
     });
     this.#session.on('goaway', () => {
+      // The initiator drains this tunnel (Envoy's drain-aware HCM sends GOAWAY): no new streams,
+      // and the tunnel goes once its streams are done, which frees the node's place.
       this.#draining = true;
+      this.#closeWhenIdle();
     });
     this.#session.on('close', () => {
       this.#draining = true;
@@ -90,15 +95,30 @@ export class TunnelSession {
     this.#inFlight += 1;
     stream.once('close', () => {
       this.#inFlight -= 1;
+      if (this.#draining) this.#closeWhenIdle();
     });
     return stream;
   }
 
-  /** Graceful: GOAWAY, then the session closes once its in-flight streams finish. */
+  /** Graceful: GOAWAY, then the tunnel closes once its in-flight streams finish. */
   close(): void {
     this.#draining = true;
     this.#closedLocally = true;
     if (!this.#session.closed && !this.#session.destroyed) this.#session.close();
+    this.#closeWhenIdle();
+  }
+
+  /**
+   * Closes the socket once no stream is left. Node's session, closed after a GOAWAY, only ends
+   * its side of the socket and then waits for the peer's FIN, which a peer that drains but keeps
+   * the connection open never sends: the tunnel would hold its node's place for ever.
+   */
+  #closeWhenIdle(): void {
+    if (this.#inFlight > 0) return;
+    // On the next turn, so that the GOAWAY Node writes as it closes still goes out.
+    setImmediate(() => {
+      if (this.#inFlight === 0 && !this.#socket.destroyed) this.#socket.destroy();
+    });
   }
 
   destroy(): void {

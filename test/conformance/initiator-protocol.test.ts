@@ -1,6 +1,6 @@
 /**
  * The initiator against a fake responder that speaks the wire protocol byte by byte (protocol
- * reference §2, §4, §5; acceptance scenarios 14, 23, 26, 30, 31).
+ * reference §2, §4, §5; acceptance scenarios 14, 21, 23, 26, 30, 31).
  */
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';
@@ -84,7 +84,7 @@ describe('the handshake an initiator sends', () => {
     await server.close();
   });
 
-  it("is Envoy's GET with the identity headers in Envoy's order and nothing else", async () => {
+  it("scenario 14: is Envoy's GET with the identity headers in Envoy's order and nothing else", async () => {
     const peer = await server.accept();
     const head = await peer.readUntil('\r\n\r\n');
     const port = server.address.port;
@@ -149,7 +149,7 @@ describe('answers the initiator reads', () => {
     return { initiator, peer, server };
   }
 
-  it('echoes an RPING coalesced with the 200 exactly once and stays connected', async () => {
+  it('scenario 30: echoes an RPING coalesced with the 200 exactly once and stays connected', async () => {
     const { initiator, peer } = await fresh();
     const connected = waitForEvent(initiator, 'handshake_success');
     peer.write(accepted + 'RPING');
@@ -163,7 +163,7 @@ describe('answers the initiator reads', () => {
     await initiator.close({ graceMs: 0 });
   });
 
-  it('starts HTTP/2 on a preface and SETTINGS coalesced with the 200', async () => {
+  it('scenario 31: starts HTTP/2 on a preface and SETTINGS coalesced with the 200', async () => {
     const { peer } = await fresh();
     peer.write(Buffer.concat([Buffer.from(accepted + preface, 'latin1'), emptySettings]));
     // The initiator, now the HTTP/2 server, sends its SETTINGS and acknowledges ours.
@@ -173,7 +173,7 @@ describe('answers the initiator reads', () => {
     assert.deepEqual([ack.type, ack.flags, ack.stream, ack.payload.length], [0x04, 0x01, 0, 0]);
   });
 
-  it('resets the tunnel on an RPING flood (13 200 in one burst)', async () => {
+  it('scenario 23: resets the tunnel on an RPING flood (13 200 in one burst)', async () => {
     const { initiator, peer } = await fresh();
     const closed = waitForEvent(initiator, 'connection_closed');
     peer.write(accepted + 'RPING'.repeat(13_200));
@@ -181,7 +181,7 @@ describe('answers the initiator reads', () => {
     await peer.whenClosed();
   });
 
-  it('backs off 1 s, then 2 s, after failed handshakes, with the status as the reason', async () => {
+  it('scenario 26: backs off 1 s, then 2 s, after failed handshakes, with the status as the reason', async () => {
     const { initiator, peer, server } = await fresh();
     const failures: string[] = [];
     initiator.on('handshake_failure', (_cluster, _host, reason) => failures.push(reason));

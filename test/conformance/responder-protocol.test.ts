@@ -1,6 +1,6 @@
 /**
  * The responder against a fake initiator that speaks the wire protocol byte by byte (protocol
- * reference §3, §5, §6).
+ * reference §3, §5, §6; acceptance scenarios 1–5, 21, 22, 24, 29, 34).
  */
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';
@@ -44,7 +44,7 @@ describe('the tunnel listener', () => {
   });
   after(() => responder.close({ graceMs: 0 }));
 
-  it("answers a valid handshake with exactly Envoy's 200 and registers the node", async () => {
+  it("scenario 1: a valid handshake gets exactly Envoy's 200, accepted +1, the node and cluster gauges and a tunnel_setup", async () => {
     const before = counter('accepted');
     const setup = waitForEvent(responder, 'tunnel_setup');
     const peer = await handshake(responder);
@@ -60,29 +60,30 @@ describe('the tunnel listener', () => {
   });
 
   const rejections: Array<[string, string, number, string, string | undefined]> = [
+    // [what, bytes, status, body, counter]; `what` names its acceptance scenario where there is one.
     [
-      'a wrong path',
+      'scenario 2: a wrong path',
       handshakeRequest(ids, { path: '/custom/reverse' }),
       404,
       'Not a reverse tunnel request',
       undefined,
     ],
     [
-      'a missing node id',
+      'scenario 3: a missing node id',
       handshakeRequest({ cluster: 'c1', tenant: 't1' }),
       400,
       'Missing required reverse tunnel headers',
       'parse_error',
     ],
     [
-      'an empty tenant id',
+      'scenario 4: an empty tenant id',
       handshakeRequest({ ...ids, tenant: '' }),
       400,
       'Empty tenant-id header value',
       'parse_error',
     ],
     [
-      'a body',
+      'scenario 5: a body',
       handshakeRequest(ids, { extra: ['content-length: 15'] }) + 'fifteen bytes!!',
       400,
       'Reverse tunnel handshake must not carry a body',
@@ -104,7 +105,9 @@ describe('the tunnel listener', () => {
     ],
   ];
   for (const [what, bytes, status, body, name] of rejections) {
-    it(`answers ${status} to ${what} and closes the connection`, async () => {
+    const scenario = /^scenario \d+/.exec(what)?.[0];
+    const title = `answers ${status} to ${what.replace(/^scenario \d+: /, '')} and closes the connection`;
+    it(scenario === undefined ? title : `${scenario}: ${title}`, async () => {
       const before = name === undefined ? 0 : counter(name);
       const acceptedBefore = counter('accepted');
       const answer = await rejection(await handshake(responder, bytes));
@@ -117,7 +120,7 @@ describe('the tunnel listener', () => {
     });
   }
 
-  it('closes a connection that sends nothing once the handshake deadline passes, and counts it', async () => {
+  it('scenario 29: closes a connection that sends nothing once the handshake deadline passes, and counts it', async () => {
     const before = counter('timeout');
     const peer = await RawPeer.connect(responder.addresses.tunnel);
     await peer.whenClosed(2_000);
@@ -153,7 +156,7 @@ describe('idle tunnels at the responder', () => {
   });
   after(() => responder.close({ graceMs: 0 }));
 
-  it('sends RPING no sooner than the interval and again after each echo', async () => {
+  it('scenario 21: sends RPING no sooner than the interval and again after each echo', async () => {
     const peer = await handshake(responder);
     await peer.read(accepted.length);
     for (let i = 0; i < 3; i += 1) {
@@ -165,7 +168,7 @@ describe('idle tunnels at the responder', () => {
     peer.destroy();
   });
 
-  it('closes a tunnel whose echoes stop after three missed pings', async () => {
+  it('scenario 22: closes a tunnel whose echoes stop after three missed pings', async () => {
     const closed = waitForEvent(
       responder,
       'tunnel_closed',
@@ -189,7 +192,7 @@ describe('idle tunnels at the responder', () => {
     peer.destroy();
   });
 
-  it('closes an idle tunnel at once when it sends anything but an echo', async () => {
+  it('scenario 34: closes an idle tunnel at once when it sends anything but an echo', async () => {
     const closed = waitForEvent(
       responder,
       'tunnel_closed',
@@ -235,7 +238,7 @@ describe('checking a tunnel out', () => {
     return session;
   }
 
-  it('waits for an owed echo before it starts HTTP/2, so no RPING reaches the HTTP/2 client', async () => {
+  it('scenario 24: waits for an owed echo before it starts HTTP/2, so no RPING reaches the HTTP/2 client', async () => {
     const peer = await handshake(responder, handshakeRequest({ ...ids, node: 'late' }));
     await peer.read(accepted.length);
     assert.equal((await peer.read(5)).toString('latin1'), 'RPING');
