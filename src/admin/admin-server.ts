@@ -12,7 +12,7 @@ import type { HostPort } from '../shared/address.ts';
 import { openLineLog, type LineLog } from '../shared/lifecycle-log.ts';
 import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
-import type { Counter, StatSnapshot } from '../shared/stats.ts';
+import type { Counter, StatSnapshot, StatsRegistry } from '../shared/stats.ts';
 import { renderStatsText } from './stats-text.ts';
 
 export interface AdminServerOptions {
@@ -25,6 +25,38 @@ export interface AdminServerOptions {
   readonly logger: Logger;
   /** Where to write one line per request (Envoy's admin access_log), and what counts drops. */
   readonly accessLog?: { readonly path: string; readonly dropped: Counter } | undefined;
+}
+
+/** What a role's config says of its admin server. */
+export interface AdminConfig {
+  readonly address: HostPort;
+  readonly access_log?: { readonly path: string } | undefined;
+}
+
+/**
+ * The admin server a role's config asks for, or none. It serves the role's stats registry and
+ * counts dropped access-log lines in it.
+ */
+export function adminServerFor(
+  config: AdminConfig | undefined,
+  role: { what: string; stats: StatsRegistry; ready: () => boolean; logger: Logger },
+): AdminServer | undefined {
+  if (config === undefined) return undefined;
+  const { stats } = role;
+  return new AdminServer({
+    address: config.address,
+    what: role.what,
+    stats: () => stats.snapshot(),
+    ready: role.ready,
+    logger: role.logger,
+    accessLog:
+      config.access_log === undefined
+        ? undefined
+        : {
+            path: config.access_log.path,
+            dropped: stats.counter('revtun.admin_access_log.dropped'),
+          },
+  });
 }
 
 export class AdminServer {

@@ -10,9 +10,7 @@
  * Where Envoy's docs and code disagree this follows the code, as the reference does (e.g. tenant
  * isolation is a field of the upstream bootstrap extension, not of the reverse_tunnel filter).
  */
-import { readFile } from 'node:fs/promises';
 import { formatHostPort } from '../shared/address.ts';
-import { RevtunError } from '../shared/errors.ts';
 import { readClusters, type Cluster } from './envoy-clusters.ts';
 import { extension } from './envoy-extensions.ts';
 import {
@@ -35,6 +33,7 @@ import {
 import {
   ConfigError,
   formatPath,
+  readConfigFile,
   readYaml,
   validateInitiatorConfig,
   validateResponderConfig,
@@ -883,13 +882,5 @@ export function translateEnvoyBootstrap(
 
 /** Reads and translates an Envoy bootstrap file. */
 export async function loadEnvoyBootstrapFile(file: string): Promise<EnvoyBootstrapTranslation> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (error) {
-    throw new RevtunError('ERR_CONFIG_READ', `cannot read ${file}: ${(error as Error).message}`, {
-      cause: error,
-    });
-  }
-  return translateEnvoyBootstrap(text, file);
+  return translateEnvoyBootstrap(await readConfigFile(file), file);
 }

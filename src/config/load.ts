@@ -60,15 +60,18 @@ export async function loadConfigFile(
   file: string,
   role: Role,
 ): Promise<InitiatorConfig | ResponderConfig> {
-  let text: string;
+  return parseConfigText(await readConfigFile(file), role, file);
+}
+
+/** A config file's text; a file that cannot be read is ERR_CONFIG_READ naming it. */
+export async function readConfigFile(file: string): Promise<string> {
   try {
-    text = await readFile(file, 'utf8');
+    return await readFile(file, 'utf8');
   } catch (error) {
     throw new RevtunError('ERR_CONFIG_READ', `cannot read ${file}: ${(error as Error).message}`, {
       cause: error,
     });
   }
-  return parseConfigText(text, role, file);
 }
 
 /** Validates YAML text for a role; `source` names it in error messages. */

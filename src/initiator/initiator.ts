@@ -23,7 +23,7 @@ import {
 } from '../shared/lifecycle-log.ts';
 import { silentLogger, type Logger } from '../shared/logger.ts';
 import { StatsRegistry } from '../shared/stats.ts';
-import { AdminServer } from '../admin/admin-server.ts';
+import { adminServerFor, type AdminServer } from '../admin/admin-server.ts';
 import { HostDialler, type DiallerEvent } from './host-dialler.ts';
 import { LocalRouter } from './local-router.ts';
 import type { TunnelCloseReason } from './tunnel.ts';
@@ -99,23 +99,12 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
           }),
       ),
     );
-    this.#admin =
-      config.admin === undefined
-        ? undefined
-        : new AdminServer({
-            address: config.admin.address,
-            what: "the initiator's admin server",
-            stats: () => this.stats.snapshot(),
-            ready: () => this.#ready,
-            logger,
-            accessLog:
-              config.admin.access_log === undefined
-                ? undefined
-                : {
-                    path: config.admin.access_log.path,
-                    dropped: this.stats.counter('revtun.admin_access_log.dropped'),
-                  },
-          });
+    this.#admin = adminServerFor(config.admin, {
+      what: "the initiator's admin server",
+      stats: this.stats,
+      ready: () => this.#ready,
+      logger,
+    });
   }
 
   #onDiallerEvent(dialler: HostDialler, event: DiallerEvent): void {

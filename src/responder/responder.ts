@@ -23,7 +23,7 @@ import {
 } from '../shared/lifecycle-log.ts';
 import { silentLogger, type Logger } from '../shared/logger.ts';
 import { StatsRegistry } from '../shared/stats.ts';
-import { AdminServer } from '../admin/admin-server.ts';
+import { adminServerFor, type AdminServer } from '../admin/admin-server.ts';
 import { EgressListener } from './egress-listener.ts';
 import {
   TunnelRegistry,
@@ -108,23 +108,12 @@ export class Responder extends EventEmitter<ResponderEvents> {
           index,
         }),
     );
-    this.#admin =
-      config.admin === undefined
-        ? undefined
-        : new AdminServer({
-            address: config.admin.address,
-            what: "the responder's admin server",
-            stats: () => this.stats.snapshot(),
-            ready: () => this.#ready,
-            logger,
-            accessLog:
-              config.admin.access_log === undefined
-                ? undefined
-                : {
-                    path: config.admin.access_log.path,
-                    dropped: this.stats.counter('revtun.admin_access_log.dropped'),
-                  },
-          });
+    this.#admin = adminServerFor(config.admin, {
+      what: "the responder's admin server",
+      stats: this.stats,
+      ready: () => this.#ready,
+      logger,
+    });
   }
 
   #onTunnelEvent(tunnel: TunnelInfo, event: TunnelEvent): void {
