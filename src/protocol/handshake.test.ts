@@ -2,10 +2,14 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import {
+  admitHandshake,
   buildHandshakeRejection,
   buildHandshakeRequest,
+  checkHandshakeRequest,
+  confirmsKeptTls,
   evaluateHandshakeResponse,
   handshakeAcceptedResponse,
+  handshakeKeptTlsResponse,
   validateHandshakeRequest,
   type HandshakeDecision,
 } from './handshake.ts';
@@ -80,6 +84,8 @@ describe('buildHandshakeRequest', () => {
     const id = fc.stringMatching(/^[A-Za-z0-9._-]{1,40}$/);
     fc.assert(
       fc.property(id, id, id, (nodeId, clusterId, tenantId) => {
+        // A node id equal to the cluster id is refused on purpose (tested below).
+        fc.pre(nodeId !== clusterId);
         const bytes = buildHandshakeRequest({
           identity: { nodeId, clusterId, tenantId },
           host: 'h:1',
@@ -240,6 +246,59 @@ describe('validateHandshakeRequest', () => {
       validateHandshakeRequest(head, { ...validation, headerPrefix: 'x-custom' }).accepted,
       true,
     );
+  });
+});
+
+describe('revtun additions to the handshake', () => {
+  it('refuses a node id equal to the cluster id: a host id could not tell them apart', () => {
+    const decision = decide(
+      request([
+        'x-envoy-reverse-tunnel-node-id: same',
+        'x-envoy-reverse-tunnel-cluster-id: same',
+        'x-envoy-reverse-tunnel-tenant-id: t1',
+      ]),
+    );
+    assert.equal(decision.accepted, false);
+    assert.equal(decision.accepted || decision.rejection.status, 400);
+  });
+
+  it('reads keep-tls: true (any case) and nothing else as the request to keep TLS', () => {
+    const keep = (value: string | undefined) => {
+      const extra = value === undefined ? [] : [`x-envoy-reverse-tunnel-keep-tls: ${value}`];
+      const checked = checkHandshakeRequest(parseRequest(request([...ids, ...extra])), validation);
+      assert.equal(checked.accepted, true);
+      return checked.accepted && checked.handshake.keepTls;
+    };
+    assert.equal(keep('true'), true);
+    assert.equal(keep('TRUE'), true);
+    assert.equal(keep(undefined), false);
+    assert.equal(keep('false'), false);
+    assert.equal(keep('1'), false);
+  });
+
+  it('checks in two halves that together decide as validateHandshakeRequest', () => {
+    const limited = { ...validation, maxTunnelsPerNode: 1, tunnelsOf: () => 1 };
+    const head = parseRequest(request(ids));
+    const checked = checkHandshakeRequest(head, limited);
+    assert.equal(checked.accepted, true);
+    const admitted = checked.accepted ? admitHandshake(checked.handshake, head, limited) : checked;
+    assert.deepEqual(admitted, validateHandshakeRequest(head, limited));
+    assert.equal(admitted.accepted || admitted.rejection.status, 429);
+  });
+
+  it('confirms keep-tls with one extra header in the 200, under the configured prefix', () => {
+    assert.equal(
+      handshakeKeptTlsResponse('x-custom').toString('latin1'),
+      'HTTP/1.1 200 OK\r\nContent-Length: 0\r\nx-custom-reverse-tunnel-keep-tls: true\r\n\r\n',
+    );
+    const parsed = new ResponseHeadParser().push(handshakeKeptTlsResponse());
+    assert.equal(parsed.state, 'complete');
+    if (parsed.state !== 'complete') return;
+    assert.deepEqual(evaluateHandshakeResponse(parsed.head), { ok: true });
+    assert.equal(confirmsKeptTls(parsed.head), true);
+    assert.equal(confirmsKeptTls(parsed.head, 'x-custom'), false);
+    const bare = new ResponseHeadParser().push(handshakeAcceptedResponse);
+    assert.equal(bare.state === 'complete' && confirmsKeptTls(bare.head), false);
   });
 });
 

@@ -35,6 +35,12 @@ export function handshakeHeaderNames(prefix: string = defaultHeaderPrefix) {
     initiationTime: `${base}-initiation-time`,
     workerId: `${base}-worker-id`,
     connectionId: `${base}-connection-id`,
+    /**
+     * revtun's own: "keep this TLS session for the whole tunnel" (architecture decision 8). The
+     * initiator sends `true`; a revtun responder that keeps TLS echoes it in the 200. Envoy ignores
+     * it and never confirms.
+     */
+    keepTls: `${base}-keep-tls`,
   } as const;
 }
 
@@ -100,6 +106,12 @@ export const handshakeCounters = [
   'rejected',
   'body_rejected',
   'timeout',
+  // Envoy's JWT counter; then revtun's: a bad static token or client certificate, a TLS handshake
+  // that failed, and an identity that collides with a connected one (409).
+  'jwt_denied',
+  'auth_denied',
+  'tls_error',
+  'conflict',
 ] as const;
 export type HandshakeCounter = (typeof handshakeCounters)[number];
 
@@ -122,6 +134,8 @@ export interface AcceptedHandshake {
   /** The initiator's optional worker-id and connection-id headers, for lifecycle logs. */
   readonly initiatorWorkerId: string | undefined;
   readonly initiatorConnectionId: string | undefined;
+  /** The initiator asked to keep the TLS session for the whole tunnel (keep-tls: true). */
+  readonly keepTls: boolean;
 }
 
 export type HandshakeDecision =
@@ -167,10 +181,21 @@ const reject = (
 
 /**
  * Decides on a parsed handshake request. Checks run in Envoy's order and the first match decides
- * (reference §3, source/extensions/filters/network/reverse_tunnel/reverse_tunnel_filter.cc). JWT
- * (check 7) comes with the security work.
+ * (reference §3, source/extensions/filters/network/reverse_tunnel/reverse_tunnel_filter.cc):
+ * `checkHandshakeRequest` (checks 0–6), then credentials (check 7, asynchronous, in the tunnel
+ * listener: responder/handshake-auth.ts), then `admitHandshake` (checks 8–9). This runs the two
+ * pure halves with no credentials.
  */
 export function validateHandshakeRequest(
+  head: RequestHead,
+  options: HandshakeValidationOptions,
+): HandshakeDecision {
+  const checked = checkHandshakeRequest(head, options);
+  return checked.accepted ? admitHandshake(checked.handshake, head, options) : checked;
+}
+
+/** Checks 0–6: the request's shape and the syntax of the ids it claims. */
+export function checkHandshakeRequest(
   head: RequestHead,
   options: HandshakeValidationOptions,
 ): HandshakeDecision {
@@ -236,6 +261,10 @@ export function validateHandshakeRequest(
       );
     }
   }
+  // A host id names a node or a cluster; one that is both could not be told apart (revtun's).
+  if (nodeId === clusterId) {
+    return reject(400, 'Reverse tunnel node-id and cluster-id must differ', 'parse_error');
+  }
   // 6. The initiator's name for this responder's cluster.
   const upstreamClusterName = headerValues(head.headers, names.upstreamClusterName)[0];
   if (options.requiredClusterName !== undefined) {
@@ -246,7 +275,38 @@ export function validateHandshakeRequest(
       return reject(400, 'Cluster name mismatch', 'validation_failed');
     }
   }
-  const identity = { nodeId, clusterId, tenantId };
+  const initiationTime = headerValues(head.headers, names.initiationTime)[0];
+  let initiationTimeMs = 0;
+  let badInitiationTime: string | undefined;
+  if (initiationTime !== undefined) {
+    const parsed = /^-?\d{1,19}$/.test(initiationTime) ? Number(initiationTime) : NaN;
+    if (Number.isSafeInteger(parsed)) initiationTimeMs = parsed;
+    else badInitiationTime = initiationTime;
+  }
+  return {
+    accepted: true,
+    handshake: {
+      identity: { nodeId, clusterId, tenantId },
+      upstreamClusterName,
+      initiationTimeMs,
+      badInitiationTime,
+      initiatorWorkerId: headerValues(head.headers, names.workerId)[0],
+      initiatorConnectionId: headerValues(head.headers, names.connectionId)[0],
+      keepTls: headerValues(head.headers, names.keepTls).some(
+        (value) => value.trim().toLowerCase() === 'true',
+      ),
+    },
+  };
+}
+
+/** Checks 8–9, on a request that passed `checkHandshakeRequest` and any credentials. */
+export function admitHandshake(
+  handshake: AcceptedHandshake,
+  head: RequestHead,
+  options: HandshakeValidationOptions,
+): HandshakeDecision {
+  const { identity } = handshake;
+  const { nodeId, clusterId, tenantId } = identity;
   // 8. The per-node tunnel limit, with a Retry-After (reference §4 "Retry-After", §12 #9).
   if (
     options.maxTunnelsPerNode !== undefined &&
@@ -273,25 +333,7 @@ export function validateHandshakeRequest(
       return reject(403, 'validation_failed', 'validation_failed');
     }
   }
-  const initiationTime = headerValues(head.headers, names.initiationTime)[0];
-  let initiationTimeMs = 0;
-  let badInitiationTime: string | undefined;
-  if (initiationTime !== undefined) {
-    const parsed = /^-?\d{1,19}$/.test(initiationTime) ? Number(initiationTime) : NaN;
-    if (Number.isSafeInteger(parsed)) initiationTimeMs = parsed;
-    else badInitiationTime = initiationTime;
-  }
-  return {
-    accepted: true,
-    handshake: {
-      identity,
-      upstreamClusterName,
-      initiationTimeMs,
-      badInitiationTime,
-      initiatorWorkerId: headerValues(head.headers, names.workerId)[0],
-      initiatorConnectionId: headerValues(head.headers, names.connectionId)[0],
-    },
-  };
+  return { accepted: true, handshake };
 }
 
 /** The single value of a header: undefined when absent, null when repeated. */
@@ -310,6 +352,29 @@ export const handshakeAcceptedResponse = Buffer.from(
   'latin1',
 );
 
+/**
+ * The success of a revtun responder that keeps the TLS session, confirming the initiator's keep-tls
+ * header: the 200 (or Upgrade mode's 101) with that header added. Sent only when asked, so an Envoy
+ * initiator always gets the exact bytes of `handshakeAcceptedResponse` / `handshakeUpgradedResponse`.
+ */
+export function handshakeKeptTlsResponse(
+  prefix: string = defaultHeaderPrefix,
+  upgrade = false,
+): Buffer {
+  const confirmation = `${handshakeHeaderNames(prefix).keepTls}: true\r\n`;
+  const head = upgrade
+    ? `HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: ${upgradeToken}\r\n`
+    : 'HTTP/1.1 200 OK\r\nContent-Length: 0\r\n';
+  return Buffer.from(`${head}${confirmation}\r\n`, 'latin1');
+}
+
+/** True if a handshake response confirms keep-tls (the initiator's check). */
+export function confirmsKeptTls(head: ResponseHead, prefix: string = defaultHeaderPrefix): boolean {
+  return headerValues(head.headers, handshakeHeaderNames(prefix).keepTls).some(
+    (value) => value.trim().toLowerCase() === 'true',
+  );
+}
+
 /** Upgrade mode's success (reference §3 "Upgrade mode"); tunnel bytes follow at once. */
 export const handshakeUpgradedResponse = Buffer.from(
   `HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: ${upgradeToken}\r\n\r\n`,
@@ -318,8 +383,10 @@ export const handshakeUpgradedResponse = Buffer.from(
 
 const reasonPhrases: Record<number, string> = {
   400: 'Bad Request',
+  401: 'Unauthorized',
   403: 'Forbidden',
   404: 'Not Found',
+  409: 'Conflict',
   426: 'Upgrade Required',
   429: 'Too Many Requests',
   431: 'Request Header Fields Too Large',

@@ -94,6 +94,17 @@ describe('RequestHeadParser', () => {
     assert.equal(result.state, 'error');
   });
 
+  it('keeps a bare LF after the head as tunnel bytes, in the same chunk or a later one', () => {
+    const head = 'GET / HTTP/1.1\r\nhost: a\r\n\r\n';
+    const whole = new RequestHeadParser().push(Buffer.from(`${head}x\ny`));
+    assert.equal(whole.state, 'complete');
+    assert.equal(whole.state === 'complete' && whole.rest.toString('latin1'), 'x\ny');
+    const parser = new RequestHeadParser();
+    assert.equal(parser.push(Buffer.from(head.slice(0, -2))).state, 'incomplete');
+    const split = parser.push(Buffer.from('\r\n\n'));
+    assert.equal(split.state === 'complete' && split.rest.toString('latin1'), '\n');
+  });
+
   it('rejects a head larger than the byte cap, even one byte at a time', () => {
     const parser = new RequestHeadParser({ maxHeadBytes: 64, maxHeaders: 100 });
     const text = Buffer.from(`GET / HTTP/1.1\r\nx-long: ${'a'.repeat(100)}\r\n\r\n`);

@@ -71,15 +71,19 @@ abstract class HeadParser<H> {
     const previous = this.#length;
     this.#append(chunk);
     const bytes = this.#buffer.subarray(0, this.#length);
-    for (let i = bytes.indexOf(0x0a, previous); i >= 0; i = bytes.indexOf(0x0a, i + 1)) {
-      if (i === 0 || bytes[i - 1] !== 0x0d) return this.#fail('bare LF in the message head', false);
-    }
     let start = 0;
     if (this.skipsLeadingEmptyLines) {
       while (bytes[start] === 0x0d && bytes[start + 1] === 0x0a) start += 2;
     }
     const end = bytes.indexOf(CRLFCRLF, Math.max(previous - 3, start));
     const headLength = end < 0 ? bytes.length : end + 4;
+    // Only the head is checked: the bytes after it belong to the tunnel (or the next message).
+    const headBytes = bytes.subarray(0, headLength);
+    for (let i = headBytes.indexOf(0x0a, previous); i >= 0; i = headBytes.indexOf(0x0a, i + 1)) {
+      if (i === 0 || headBytes[i - 1] !== 0x0d) {
+        return this.#fail('bare LF in the message head', false);
+      }
+    }
     if (headLength > this.#limits.maxHeadBytes) {
       return this.#fail(`message head exceeds ${this.#limits.maxHeadBytes} bytes`, true);
     }
