@@ -3,12 +3,21 @@
  * snapshots handed to it and owns no state. It binds where it is told; the configs default to
  * loopback and nothing here widens that.
  *
+ * With a token file (`admin.token_file`, read once at start), every request but `GET /ready` must
+ * carry `authorization: Bearer <token>` (RFC 6750 §2.1), else 401 with `www-authenticate: Bearer`
+ * (§3). `/ready` stays open so that load balancer and Kubernetes probes, which often cannot send
+ * a secret, keep working; it tells only LIVE or DRAINING. The token is compared in constant time
+ * (as SHA-256 digests, so its length does not leak either) and never appears in any answer.
+ *
  * `/stats` accepts Envoy's `filter=<regex>` and `hidden=include|exclude|only`. revtun hides no
  * tunnel gauges (reference §12 #19), so `hidden=include` and the default list the same stats and
  * `hidden=only` lists none.
  */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { HostPort } from '../shared/address.ts';
+import { RevtunError } from '../shared/errors.ts';
 import { openLineLog, type LineLog } from '../shared/lifecycle-log.ts';
 import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
@@ -25,13 +34,19 @@ export interface AdminServerOptions {
   readonly logger: Logger;
   /** Where to write one line per request (Envoy's admin access_log), and what counts drops. */
   readonly accessLog?: { readonly path: string; readonly dropped: Counter } | undefined;
+  /** A file holding the bearer token requests must carry; read by `listen()`. None: no token. */
+  readonly tokenFile?: string | undefined;
 }
 
 /** What a role's config says of its admin server. */
 export interface AdminConfig {
   readonly address: HostPort;
   readonly access_log?: { readonly path: string } | undefined;
+  readonly token_file?: string | undefined;
 }
+
+/** A token file larger than this is a mistake (a key or a certificate, not a token). */
+const maxTokenFileBytes = 4096;
 
 /**
  * The admin server a role's config asks for, or none. It serves the role's stats registry and
@@ -56,6 +71,7 @@ export function adminServerFor(
             path: config.access_log.path,
             dropped: stats.counter('revtun.admin_access_log.dropped'),
           },
+    tokenFile: config.token_file,
   });
 }
 
@@ -63,6 +79,8 @@ export class AdminServer {
   readonly #options: AdminServerOptions;
   readonly #server: http.Server;
   readonly #accessLog: LineLog | undefined;
+  /** SHA-256 of the token, once `listen()` has read it. */
+  #tokenDigest: Buffer | undefined;
 
   constructor(options: AdminServerOptions) {
     this.#options = options;
@@ -81,7 +99,10 @@ export class AdminServer {
     });
   }
 
-  listen(): Promise<HostPort> {
+  /** Reads the token file, if any, then listens. */
+  async listen(): Promise<HostPort> {
+    const { tokenFile } = this.#options;
+    if (tokenFile !== undefined) this.#tokenDigest = sha256(await readToken(tokenFile));
     return listen(this.#server, this.#options.address, this.#options.what);
   }
 
@@ -95,6 +116,14 @@ export class AdminServer {
   #handle(request: IncomingMessage, response: ServerResponse): void {
     if (this.#accessLog !== undefined) logAccess(this.#accessLog, request, response);
     const url = new URL(request.url ?? '/', 'http://admin');
+    const probe =
+      url.pathname === '/ready' && (request.method === 'GET' || request.method === 'HEAD');
+    if (!probe && !this.#authorized(request)) {
+      text(response, 401, 'unauthorized: send authorization: Bearer <the admin token>\n', {
+        'www-authenticate': 'Bearer realm="revtun admin"',
+      });
+      return;
+    }
     if (request.method !== 'GET' && request.method !== 'HEAD') {
       text(response, 405, 'method not allowed: the admin endpoints answer GET\n', {
         allow: 'GET, HEAD',
@@ -119,6 +148,14 @@ export class AdminServer {
       default:
         text(response, 404, `no admin endpoint ${url.pathname}; try /stats or /ready\n`);
     }
+  }
+
+  /** True without a token file, else when the request carries the token. */
+  #authorized(request: IncomingMessage): boolean {
+    if (this.#tokenDigest === undefined) return true;
+    // The scheme is case-insensitive (RFC 9110 §11.1); the token is everything after one space.
+    const match = /^bearer +(\S+) *$/i.exec(request.headers.authorization ?? '');
+    return match !== null && timingSafeEqual(sha256(match[1] as string), this.#tokenDigest);
   }
 
   #stats(url: URL, response: ServerResponse): void {
@@ -153,6 +190,40 @@ export class AdminServer {
     }
     text(response, 200, hidden === 'only' ? '' : renderStatsText(this.#options.stats(), filter));
   }
+}
+
+function sha256(text: string): Buffer {
+  return createHash('sha256').update(text, 'utf8').digest();
+}
+
+/**
+ * The token in `file`, without surrounding whitespace (a trailing newline is usual). A file that
+ * cannot be read, is empty or is too large is a start error naming the key and the file.
+ */
+async function readToken(file: string): Promise<string> {
+  let content: string;
+  try {
+    content = await readFile(file, 'utf8');
+  } catch (error) {
+    throw new RevtunError(
+      'ERR_CONFIG_READ',
+      `cannot read admin.token_file ${file}: ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
+  const token = content.trim();
+  const problem =
+    content.length > maxTokenFileBytes
+      ? `is larger than ${maxTokenFileBytes} bytes; it should hold only the token`
+      : token === ''
+        ? 'is empty'
+        : /^[\x21-\x7e]+$/.test(token)
+          ? undefined
+          : 'must hold one token of printable ASCII characters without spaces';
+  if (problem !== undefined) {
+    throw new RevtunError('ERR_CONFIG_READ', `admin.token_file ${file} ${problem}`);
+  }
+  return token;
 }
 
 function text(

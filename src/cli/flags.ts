@@ -36,6 +36,11 @@ function listenFlag(flags: FlagValues, name: string, defaultHost: string): strin
   }
 }
 
+/** `--allow-insecure` → `allow_insecure: true` (absent otherwise, so the schema's default shows). */
+function allowInsecure(flags: FlagValues): { allow_insecure?: true } {
+  return flags['allow-insecure'] === true ? { allow_insecure: true } : {};
+}
+
 export function initiatorFromFlags(flags: FlagValues): InitiatorConfigInput {
   const rc = text(flags, 'rc');
   let ids: { node_id: string; cluster_id: string; tenant_id: string };
@@ -91,6 +96,7 @@ export function initiatorFromFlags(flags: FlagValues): InitiatorConfigInput {
   const statPrefix = text(flags, 'stat-prefix');
   return {
     ...ids,
+    ...allowInsecure(flags),
     ...(statPrefix === undefined ? {} : { stat_prefix: statPrefix }),
     ...(admin === undefined ? {} : { admin: { address: admin } }),
     remote_clusters: [{ name: remote, hosts: responders, tunnels_per_host: tunnels }],
@@ -110,6 +116,7 @@ export function responderFromFlags(flags: FlagValues): ResponderConfigInput {
   const routes = list(flags, 'route').map((prefix) => ({ prefix }));
   const headers = list(flags, 'host-id-header').map((name) => name.toLowerCase());
   return {
+    ...allowInsecure(flags),
     ...(statPrefix === undefined ? {} : { stat_prefix: statPrefix }),
     ...(admin === undefined ? {} : { admin: { address: admin } }),
     tunnel_listener: { address: tunnel },

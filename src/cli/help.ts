@@ -27,7 +27,8 @@ Options:
   --service-port PORT           demo service (default 0: any free port)
   --log-level LEVEL             default warn
 
-Port 0 picks a free port; the addresses printed are the ones bound.
+Port 0 picks a free port; the addresses printed are the ones bound. Everything listens on
+127.0.0.1 only, so the sandbox needs no credentials (and no --allow-insecure).
 `;
 
 export const initiatorHelp = `revtun initiator — dial responders and serve their requests from local services
@@ -50,10 +51,16 @@ Options (without --config):
                           (http://host:port); repeat for several, first match wins (required)
   --admin-listen ADDRESS  admin server, [HOST:]PORT (default: none; HOST defaults to 127.0.0.1)
   --stat-prefix PREFIX    stat prefix (default reverse_tunnel_initiator)
+  --allow-insecure        start even though a responder beyond loopback is dialled without TLS,
+                          or the admin server is reachable from other hosts without a token
+                          (default: refuse; the flags cannot set TLS, a --config FILE can)
 
 Example:
   revtun initiator --node-id n1 --cluster-id c1 --tenant-id t1 \\
-    --responder 203.0.113.10:9000 --route /app=http://127.0.0.1:8080 --admin-listen 8888
+    --responder 127.0.0.1:9000 --route /app=http://127.0.0.1:8080 --admin-listen 8888
+
+A responder on another host is dialled with TLS (remote_clusters[].tls in a --config FILE); in
+cleartext only with --allow-insecure, on a network you trust. See docs/security.md.
 `;
 
 export const responderHelp = `revtun responder — accept tunnels and send callers' requests through them
@@ -71,13 +78,19 @@ Options (without --config):
                             for several (default x-node-id, x-remote-node-id, x-cluster-id,
                             x-dst-cluster-uuid)
   --stat-prefix PREFIX      stat prefix (default reverse_tunnel_acceptor)
+  --allow-insecure          start even though a listener is reachable from other hosts and takes
+                            no credentials (default: refuse; the flags cannot set TLS, initiator
+                            auth, callers or an admin token, a --config FILE can)
 
 Callers name a node or a cluster in a host-id header; a cluster picks one of its nodes round robin.
 No routing header → 400, no tunnel → 503.
 
 Example:
-  revtun responder --tunnel-listen 9000 --egress-listen 8085 --admin-listen 8889
+  revtun responder --tunnel-listen 127.0.0.1:9000 --egress-listen 8085 --admin-listen 8889
   curl -H "x-node-id: n1" http://127.0.0.1:8085/app
+
+A tunnel listener beyond loopback (the default host 0.0.0.0 among them) needs tunnel_listener.tls
+or .auth in a --config FILE, or --allow-insecure on a network you trust. See docs/security.md.
 `;
 
 export const envoyHelp = `revtun envoy — run an Envoy reverse-tunnel bootstrap config
@@ -94,11 +107,16 @@ or both. Every field revtun does not support is reported with its file:line:col,
 
 Options:
   -c, --config FILE   the Envoy bootstrap (required)
+  --allow-insecure    start even though a listener beyond loopback takes no credentials, a
+                      responder beyond loopback is dialled without TLS, or the admin server is
+                      reachable from other hosts without a token (default: refuse; revtun
+                      translates no TLS, JWT or admin token from a bootstrap yet)
   --log-level LEVEL   default info
 
-Example, Envoy's reverse-tunnel sandbox:
-  revtun envoy -c responder-envoy.yaml
-  revtun envoy -c initiator-envoy.yaml
+Example, Envoy's reverse-tunnel sandbox (its listeners and admin bind 0.0.0.0, and the initiator
+dials upstream-envoy in cleartext, so on a network you trust):
+  revtun envoy -c responder-envoy.yaml --allow-insecure
+  revtun envoy -c initiator-envoy.yaml --allow-insecure
 `;
 
 export const demoServiceHelp = `revtun demo-service — an HTTP service that answers like nginxdemos/hello:plain-text

@@ -13,7 +13,8 @@ import {
   validateInitiatorConfig,
   validateResponderConfig,
 } from '../config/load.ts';
-import type { InitiatorConfig } from '../config/schema.ts';
+import type { InitiatorConfig, ResponderConfig } from '../config/schema.ts';
+import { assertSecure } from '../config/security.ts';
 import { startInitiator, type Initiator } from '../initiator/initiator.ts';
 import { startResponder, type Responder } from '../responder/responder.ts';
 import { startDemoService } from '../sandbox/demo-service.ts';
@@ -70,6 +71,7 @@ const commands: Record<
       route: { type: 'string', multiple: true },
       'admin-listen': { type: 'string' },
       'stat-prefix': { type: 'string' },
+      'allow-insecure': { type: 'boolean' },
     },
     run: runInitiator,
   },
@@ -83,12 +85,13 @@ const commands: Record<
       route: { type: 'string', multiple: true },
       'host-id-header': { type: 'string', multiple: true },
       'stat-prefix': { type: 'string' },
+      'allow-insecure': { type: 'boolean' },
     },
     run: runResponder,
   },
   envoy: {
     help: envoyHelp,
-    options: { config: { type: 'string', short: 'c' } },
+    options: { config: { type: 'string', short: 'c' }, 'allow-insecure': { type: 'boolean' } },
     run: runEnvoy,
   },
   'demo-service': {
@@ -156,6 +159,32 @@ async function roleConfig<C>(
   }
 }
 
+/** After a refusal of a config built from the quick-start flags. */
+const flagsInsecureHint =
+  'The quick-start flags cannot set tls, auth, callers or admin.token_file; put them in a --config FILE (see docs/security.md).';
+
+/** After a refusal of a translated Envoy bootstrap. */
+const envoyInsecureHint =
+  'An Envoy bootstrap cannot set those keys (revtun translates no TLS transport_socket, jwt_validator or admin token yet), nor allow_insecure: use loopback addresses in the bootstrap, or run revtun envoy --allow-insecure on a network you trust.';
+
+/**
+ * A role refused as insecure (ERR_INSECURE, from its start function or `assertSecure`) whose config
+ * did not come from a revtun config file: the fixes the message names are keys its source cannot
+ * set, so `hint` says what to do instead. Other errors pass through.
+ */
+async function explainInsecure<T>(hint: string, starting: () => T | Promise<T>): Promise<T> {
+  try {
+    return await starting();
+  } catch (error) {
+    if (!isRevtunError(error, 'ERR_INSECURE')) throw error;
+    throw new RevtunError('ERR_INSECURE', `${error.message}\n${hint}`, { cause: error });
+  }
+}
+
+/** Starts a role from `config`, explaining a refusal when the config came from the flags. */
+const startExplained = <T>(flags: FlagValues, start: () => Promise<T>): Promise<T> =>
+  flags['config'] === undefined ? explainInsecure(flagsInsecureHint, start) : start();
+
 async function runInitiator(flags: FlagValues): Promise<Stoppable> {
   const config = await roleConfig(
     'initiator',
@@ -164,7 +193,7 @@ async function runInitiator(flags: FlagValues): Promise<Stoppable> {
     (file) => loadConfigFile(file, 'initiator'),
   );
   const logger = makeLogger(flags, 'info');
-  const initiator = await startInitiator(config, { logger });
+  const initiator = await startExplained(flags, () => startInitiator(config, { logger }));
   printInitiator(initiator, config);
   return initiator;
 }
@@ -194,36 +223,54 @@ async function runResponder(flags: FlagValues): Promise<Stoppable> {
     (file) => loadConfigFile(file, 'responder'),
   );
   const logger = makeLogger(flags, 'info');
-  const responder = await startResponder(config, { logger });
-  printResponder(responder, logger);
+  const responder = await startExplained(flags, () => startResponder(config, { logger }));
+  printResponder(responder);
   return responder;
 }
 
-function printResponder(responder: Responder, logger: Logger): void {
+function printResponder(responder: Responder): void {
   const { tunnel, egress, admin } = responder.addresses;
   out('revtun responder started');
   out(`  tunnel listener ${formatHostPort(tunnel)}`);
   for (const address of egress) out(`  egress listener http://${formatHostPort(address)}`);
   if (admin !== undefined) out(`  admin http://${formatHostPort(admin)}/stats`);
-  if (!['127.0.0.1', '::1', 'localhost'].includes(tunnel.host)) {
-    logger.warn(
-      { address: formatHostPort(tunnel) },
-      'the tunnel listener is reachable from other hosts and no credentials are configured: any initiator can claim any node id',
-    );
-  }
+}
+
+/**
+ * The roles an Envoy bootstrap file defines; with `--allow-insecure`, each with
+ * `allow_insecure: true` (an Envoy bootstrap has no such field).
+ */
+async function envoyConfigs(
+  file: string,
+  flags: FlagValues,
+): Promise<{ initiator?: InitiatorConfig | undefined; responder?: ResponderConfig | undefined }> {
+  const translation = await loadEnvoyBootstrapFile(file);
+  if (flags['allow-insecure'] !== true) return translation;
+  const { initiator, responder } = translation.inputs;
+  return {
+    initiator: initiator && validateInitiatorConfig({ ...initiator, allow_insecure: true }),
+    responder: responder && validateResponderConfig({ ...responder, allow_insecure: true }),
+  };
 }
 
 /**
  * Runs the roles an Envoy bootstrap defines: the responder first (an initiator in the same file may
- * dial it), then the initiator; a stop closes both at once.
+ * dial it), then the initiator; a stop closes both at once. Both are checked for insecure settings
+ * before either starts, so a refused initiator leaves no responder bound for a moment.
  */
 async function runEnvoy(flags: FlagValues): Promise<Stoppable> {
   const file = flags['config'];
   if (typeof file !== 'string') {
     throw new RevtunError('ERR_USAGE', '--config FILE (an Envoy bootstrap) is required');
   }
-  const { initiator: initiatorConfig, responder: responderConfig } =
-    await loadEnvoyBootstrapFile(file);
+  const { initiator: initiatorConfig, responder: responderConfig } = await envoyConfigs(
+    file,
+    flags,
+  );
+  await explainInsecure(envoyInsecureHint, () => {
+    if (responderConfig !== undefined) assertSecure('responder', responderConfig);
+    if (initiatorConfig !== undefined) assertSecure('initiator', initiatorConfig);
+  });
   const logger = makeLogger(flags, 'info');
   const running: Stoppable[] = [];
   const stopAll: Stoppable = {
@@ -237,7 +284,7 @@ async function runEnvoy(flags: FlagValues): Promise<Stoppable> {
         logger: logger.child({ role: 'responder' }),
       });
       running.push(responder);
-      printResponder(responder, logger);
+      printResponder(responder);
     }
     if (initiatorConfig !== undefined) {
       const initiator = await startInitiator(initiatorConfig, {
@@ -371,6 +418,20 @@ function stopOnSignals(running: Stoppable): void {
   process.on('SIGTERM', onSignal);
 }
 
+/**
+ * Node reads NODE_TLS_REJECT_UNAUTHORIZED=0 as "accept any certificate" for every TLS connection
+ * the process makes (lib/internal/options: exactly the string "0"), which would silently void the
+ * initiator's certificate and pin checks. revtun never needs it, so it refuses to run with it.
+ */
+function insecureEnvironment(env: NodeJS.ProcessEnv): string | undefined {
+  if (env['NODE_TLS_REJECT_UNAUTHORIZED'] !== '0') return undefined;
+  return (
+    'refusing to start: NODE_TLS_REJECT_UNAUTHORIZED=0 is set in the environment, which turns off ' +
+    'certificate checks for every TLS connection; unset it (for a private CA, set ' +
+    'remote_clusters[].tls.ca_file instead)'
+  );
+}
+
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined) {
@@ -407,6 +468,11 @@ async function main(argv: string[]): Promise<number> {
   if (flags['help'] === true) {
     process.stdout.write(command.help);
     return 0;
+  }
+  const environmentProblem = insecureEnvironment(process.env);
+  if (environmentProblem !== undefined) {
+    process.stderr.write(`revtun ${name}: ${environmentProblem}\n`);
+    return 1;
   }
   try {
     stopOnSignals(await command.run(flags));

@@ -132,6 +132,14 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
       },
       max_reconnect_backoff: 30_000,
       max_concurrent_streams: 256,
+      // Schema defaults the bootstrap has no field for.
+      http2: {
+        max_header_list_size: 65_536,
+        max_session_memory: 10,
+        max_invalid_frames: 1000,
+        max_rejected_streams: 100,
+      },
+      allow_insecure: false,
       remote_clusters: [
         {
           name: 'upstream-cluster',
@@ -174,6 +182,14 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
     assert.deepEqual(translation.responder, {
       stat_prefix: 'upstream_reverse_connection',
       enable_tenant_isolation: false,
+      // Schema defaults the bootstrap has no field for.
+      allow_insecure: false,
+      http2: {
+        max_header_list_size: 65_536,
+        max_session_memory: 10,
+        max_invalid_frames: 1000,
+        max_rejected_streams: 100,
+      },
       admin: { address: { host: '0.0.0.0', port: 8888 }, access_log: { path: '/dev/stdout' } },
       tunnel_listener: {
         address: { host: '0.0.0.0', port: 9000 },
@@ -187,6 +203,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
         ping_interval: 2000,
         ping_failure_threshold: 3,
         use_http_upgrade: false,
+        max_tunnels: 100_000,
         connection_limit_retry_after: 10_000,
       },
       egress_listeners: [
@@ -198,6 +215,9 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
           lua: { inline_code: sandboxLua, max_instructions: 10_000_000 },
           routes: [{ prefix: '/downstream_service', cluster: 'reverse_connection_cluster' }],
           request_timeout: 300_000,
+          headers_timeout: 60_000,
+          max_header_bytes: 16_384,
+          refused_status: 403,
         },
       ],
     });

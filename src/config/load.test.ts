@@ -219,6 +219,13 @@ describe('parseConfigText', () => {
       },
       max_reconnect_backoff: 30_000,
       max_concurrent_streams: 256,
+      http2: {
+        max_header_list_size: 65_536,
+        max_session_memory: 10,
+        max_invalid_frames: 1000,
+        max_rejected_streams: 100,
+      },
+      allow_insecure: false,
       remote_clusters: [
         { name: 'r', hosts: [{ host: '127.0.0.1', port: 9000 }], tunnels_per_host: 1 },
       ],
@@ -239,6 +246,13 @@ describe('parseConfigText', () => {
     assert.deepEqual(parseConfigText(text, 'responder'), {
       stat_prefix: 'reverse_tunnel_acceptor',
       enable_tenant_isolation: false,
+      allow_insecure: false,
+      http2: {
+        max_header_list_size: 65_536,
+        max_session_memory: 10,
+        max_invalid_frames: 1000,
+        max_rejected_streams: 100,
+      },
       tunnel_listener: {
         address: { host: '0.0.0.0', port: 9000 },
         request_path: '/reverse_connections/request',
@@ -252,12 +266,16 @@ describe('parseConfigText', () => {
         ping_failure_threshold: 3,
         use_http_upgrade: false,
         connection_limit_retry_after: 10_000,
+        max_tunnels: 100_000,
       },
       egress_listeners: [
         {
           address: { host: '127.0.0.1', port: 8085 },
           stat_prefix: 'egress',
           no_host_id_status: 400,
+          headers_timeout: 60_000,
+          max_header_bytes: 16_384,
+          refused_status: 403,
           host_id_headers: ['x-node-id', 'x-remote-node-id', 'x-cluster-id', 'x-dst-cluster-uuid'],
           routes: [{ prefix: '/', cluster: 'reverse_connection_cluster' }],
           request_timeout: 300_000,
@@ -277,7 +295,7 @@ describe('parseConfigText', () => {
       tenant_id: 'Tenant.A',
       stat_prefix: 'edge_reverse_connection',
       enable_detailed_stats: true,
-      admin: { address: { host: '127.0.0.1', port: 0 } },
+      admin: { address: { host: '127.0.0.1', port: 0 }, token_file: '/run/secrets/admin-token' },
       lifecycle_log: { path: '/var/log/revtun/initiator.jsonl' },
       handshake: {
         request_path: '/custom/handshake',
@@ -285,12 +303,20 @@ describe('parseConfigText', () => {
         timeout: 1500,
         use_http_upgrade: true,
         headers: [
-          { name: 'authorization', value_file: '/run/secrets/tunnel-token' },
+          { name: 'x-site-token', value_file: '/run/secrets/site-token' },
           { name: 'x-site', value: 'berlin-3' },
         ],
+        bearer_token_file: '/run/secrets/tunnel-jwt',
       },
       max_reconnect_backoff: 120_000,
       max_concurrent_streams: 10_000,
+      http2: {
+        max_header_list_size: 1024,
+        max_session_memory: 64,
+        max_invalid_frames: 0,
+        max_rejected_streams: 5,
+      },
+      allow_insecure: true,
       remote_clusters: [
         {
           name: 'upstream-a',
@@ -299,6 +325,14 @@ describe('parseConfigText', () => {
             { host: '10.0.0.2', port: 9000 },
           ],
           tunnels_per_host: 4,
+          tls: {
+            ca_file: '/etc/revtun/ca.pem',
+            server_name: 'gateway.example.com',
+            cert_file: '/etc/revtun/edge.pem',
+            key_file: '/etc/revtun/edge.key',
+            spki_pins: ['47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='],
+            min_version: 'TLSv1.3',
+          },
         },
       ],
       local_routes: [
@@ -326,9 +360,17 @@ describe('parseConfigText', () => {
     assert.deepEqual(config, {
       stat_prefix: 'edge_acceptor',
       enable_tenant_isolation: true,
+      allow_insecure: true,
+      http2: {
+        max_header_list_size: 2048,
+        max_session_memory: 32,
+        max_invalid_frames: 10,
+        max_rejected_streams: 0,
+      },
       admin: {
         address: { host: '::1', port: 8889 },
         access_log: { path: '/var/log/revtun/admin.log' },
+        token_file: '/run/secrets/admin-token',
       },
       lifecycle_log: { path: '/var/log/revtun/responder.jsonl' },
       tunnel_listener: {
@@ -351,6 +393,30 @@ describe('parseConfigText', () => {
         },
         max_tunnels_per_node: 8,
         connection_limit_retry_after: 30_000,
+        max_tunnels: 500,
+        tls: {
+          cert_file: '/etc/revtun/gateway.pem',
+          key_file: '/etc/revtun/gateway.key',
+          min_version: 'TLSv1.3',
+          client_ca_file: '/etc/revtun/edge-ca.pem',
+        },
+        auth: {
+          jwt: {
+            issuer: 'https://issuer.example.com',
+            audiences: ['revtun'],
+            jwks_file: '/etc/revtun/jwks.json',
+            token_header: 'x-tunnel-token',
+            clock_skew: 5000,
+            claims: { node_id: 'sub', tenant_id: 'tenant' },
+          },
+          tokens: [
+            {
+              node_id: 'edge-1',
+              sha256: '9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08',
+            },
+          ],
+          client_certificate: { uri_san: 'spiffe://{tenant_id}/{cluster_id}/{node_id}' },
+        },
       },
       egress_listeners: [
         {
@@ -373,6 +439,24 @@ describe('parseConfigText', () => {
             { prefix: '/', cluster: 'reverse_connection_cluster' },
           ],
           request_timeout: 3_600_000,
+          headers_timeout: 5000,
+          max_header_bytes: 4096,
+          max_body_bytes: 1_048_576,
+          tls: {
+            cert_file: '/etc/revtun/egress.pem',
+            key_file: '/etc/revtun/egress.key',
+            min_version: 'TLSv1.2',
+            client_ca_file: '/etc/revtun/callers-ca.pem',
+          },
+          callers: [
+            {
+              name: 'billing',
+              token_sha256: '60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752',
+              allow: { tenants: ['acme'], clusters: ['edge-cluster'] },
+            },
+            { name: 'ops', client_certificate_san: 'spiffe://corp/ops', allow: {} },
+          ],
+          refused_status: 404,
         },
       ],
     });

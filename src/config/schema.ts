@@ -73,6 +73,8 @@ const admin = z.strictObject({
   address: listenAddress,
   /** A file that gets one line per admin request, in Envoy's default access-log format. */
   access_log: z.strictObject({ path: z.string().min(1) }).optional(),
+  /** A file holding a bearer token every admin request must present (`authorization: Bearer …`). */
+  token_file: z.string().min(1).optional(),
 });
 
 /** The origin a local route forwards to: `http://host:port`, nothing after it. */
@@ -170,6 +172,33 @@ const lifecycleLog = z.strictObject({
   path: z.string().min(1),
 });
 
+const tlsVersion = z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2');
+
+/** A file path that must name something: read when the listener or dialler starts. */
+const filePath = z.string().min(1);
+
+/** A TLS server's certificate and key (PEM files), and the oldest TLS version it accepts. */
+const serverTls = z.strictObject({
+  cert_file: filePath,
+  key_file: filePath,
+  min_version: tlsVersion,
+  /** CA (PEM) that client certificates must chain to; when set, a client certificate is required. */
+  client_ca_file: filePath.optional(),
+});
+
+/** SHA-256 of a secret, hex: revtun stores and compares hashes, never the secrets themselves. */
+const sha256Hex = z
+  .string()
+  .regex(/^[0-9a-f]{64}$/, 'must be the SHA-256 of the secret, 64 lower-case hex digits');
+
+/** A base64 SHA-256 of a certificate's SubjectPublicKeyInfo (the HPKP / curl --pinnedpubkey form). */
+const spkiPin = z
+  .string()
+  .regex(/^[A-Za-z0-9+/]{43}=$/, 'must be the base64 SHA-256 of a SubjectPublicKeyInfo');
+
+/** A set of ids a caller may reach; an absent list allows all. */
+const allowList = z.array(identifier).min(1).optional();
+
 /** Extra handshake header: a fixed value, or a file read at every dial (a token that rotates). */
 const handshakeHeader = z
   .strictObject({
@@ -188,6 +217,22 @@ const handshakeHeader = z
       });
     }
   });
+
+/** HTTP/2 limits of a tunnel's session, on either side (Node's http2 session options). */
+const http2Limits = z.strictObject({
+  /** SETTINGS_MAX_HEADER_LIST_SIZE: the largest header block accepted, bytes. */
+  max_header_list_size: z
+    .int()
+    .min(1024)
+    .max(1024 * 1024)
+    .default(64 * 1024),
+  /** Memory one session may use before new streams are refused, MiB (Node's maxSessionMemory). */
+  max_session_memory: z.int().min(1).max(1024).default(10),
+  /** Invalid frames tolerated before the session is closed (Node's maxSessionInvalidFrames). */
+  max_invalid_frames: z.int().min(0).max(100_000).default(1000),
+  /** Streams refused before the session is closed (Node's maxSessionRejectedStreams). */
+  max_rejected_streams: z.int().min(0).max(100_000).default(100),
+});
 
 export const initiatorSchema = z.strictObject({
   node_id: identifier,
@@ -209,12 +254,29 @@ export const initiatorSchema = z.strictObject({
       use_http_upgrade: z.boolean().default(false),
       /** Extra headers on every handshake, e.g. `authorization` (Envoy's additional_headers). */
       headers: z.array(handshakeHeader).default([]),
+      /** A file whose content is sent as `authorization: Bearer <content>`, read at every dial. */
+      bearer_token_file: z.string().min(1).optional(),
+    })
+    .superRefine((handshake, context) => {
+      if (
+        handshake.bearer_token_file !== undefined &&
+        handshake.headers.some((header) => header.name.toLowerCase() === 'authorization')
+      ) {
+        context.addIssue({
+          code: 'custom',
+          path: ['bearer_token_file'],
+          message: 'bearer_token_file sends authorization; drop the authorization entry of headers',
+        });
+      }
     })
     .prefault({}),
   /** Cap of the per-host reconnect backoff (1, 2, 4 … s). Envoy: default 30 s, minimum 1 s. */
   max_reconnect_backoff: duration(1000, 3_600_000).prefault('30s'),
   /** HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS the initiator announces on each tunnel. */
   max_concurrent_streams: z.int().min(1).max(10_000).default(256),
+  http2: http2Limits.prefault({}),
+  /** Starts even with a cleartext tunnel to a host beyond loopback. */
+  allow_insecure: z.boolean().default(false),
   remote_clusters: z
     .array(
       z.strictObject({
@@ -222,6 +284,29 @@ export const initiatorSchema = z.strictObject({
         hosts: z.array(dialAddress).min(1),
         /** Tunnels kept open to each host. 0 dials nothing. */
         tunnels_per_host: z.int().min(0).max(1024).default(1),
+        /**
+         * TLS to these hosts, kept for the whole tunnel (RPING and HTTP/2 run inside it). Without
+         * it the tunnel is cleartext TCP, which only loopback may carry unless allow_insecure.
+         */
+        tls: z
+          .strictObject({
+            /** CA (PEM) the responder's certificate must chain to; Node's bundled Mozilla CAs when absent. */
+            ca_file: filePath.optional(),
+            /** SNI and the name the certificate must carry; the host's name when absent. */
+            server_name: z.string().min(1).optional(),
+            /** A client certificate and key (PEM) for responders that require one (mTLS). */
+            cert_file: filePath.optional(),
+            key_file: filePath.optional(),
+            /** Accept only these public keys (base64 SHA-256 of the SPKI), besides the chain check. */
+            spki_pins: z.array(spkiPin).min(1).optional(),
+            min_version: tlsVersion,
+          })
+          .superRefine((tls, context) => {
+            if ((tls.cert_file === undefined) !== (tls.key_file === undefined)) {
+              context.addIssue({ code: 'custom', message: 'cert_file and key_file go together' });
+            }
+          })
+          .optional(),
       }),
     )
     .min(1)
@@ -272,6 +357,9 @@ export const responderSchema = z
      * `tenant:cluster`, and every egress request must name its tenant.
      */
     enable_tenant_isolation: z.boolean().default(false),
+    /** Starts even with a listener beyond loopback that takes no credentials. */
+    allow_insecure: z.boolean().default(false),
+    http2: http2Limits.prefault({}),
     admin: admin.optional(),
     lifecycle_log: lifecycleLog.optional(),
     tunnel_listener: z.strictObject({
@@ -308,6 +396,53 @@ export const responderSchema = z
         .optional(),
       /** Tunnels one node (one tenant's node under isolation) may hold; more get 429. */
       max_tunnels_per_node: z.int().min(1).max(100_000).optional(),
+      /** Tunnels the responder holds in all; more get 429. */
+      max_tunnels: z.int().min(1).max(1_000_000).default(100_000),
+      /** TLS on the tunnel listener, kept for the whole tunnel. */
+      tls: serverTls.optional(),
+      /**
+       * Credentials an initiator must present; with any set, a handshake without a valid one gets
+       * 401 (the same answer for an unknown id and a bad secret).
+       */
+      auth: z
+        .strictObject({
+          /** A JWT (Envoy's jwt_validator): `exp` required; ids optionally bound to claims. */
+          jwt: z
+            .strictObject({
+              issuer: z.string().min(1),
+              audiences: z.array(z.string().min(1)).min(1).optional(),
+              jwks_file: filePath,
+              token_header: headerName.default('authorization'),
+              clock_skew: duration(0, 3_600_000).prefault('60s'),
+              /** Claims the claimed ids must equal, e.g. { node_id: sub }. */
+              claims: z
+                .strictObject({
+                  node_id: z.string().min(1).optional(),
+                  cluster_id: z.string().min(1).optional(),
+                  tenant_id: z.string().min(1).optional(),
+                })
+                .optional(),
+            })
+            .optional(),
+          /** Static per-node tokens (`authorization: Bearer <token>`), stored as SHA-256. */
+          tokens: z
+            .array(z.strictObject({ node_id: identifier, sha256: sha256Hex }))
+            .min(1)
+            .optional(),
+          /**
+           * The client certificate (tls.client_ca_file) must name the claimed ids: `uri_san` is a
+           * template such as `spiffe://{tenant_id}/{cluster_id}/{node_id}`; `dns_san` or
+           * `common_name` set to `node_id` binds the node id to a DNS SAN or the subject CN.
+           */
+          client_certificate: z
+            .strictObject({
+              uri_san: z.string().min(1).optional(),
+              dns_san: z.literal('node_id').optional(),
+              common_name: z.literal('node_id').optional(),
+            })
+            .optional(),
+        })
+        .optional(),
       /** The Retry-After sent with that 429. */
       connection_limit_retry_after: duration(1000, 3_600_000).prefault('10s'),
     }),
@@ -360,11 +495,80 @@ export const responderSchema = z
             .superRefine(routesInOrder),
           /** How long a request may take from its first byte to its last (Node's requestTimeout). */
           request_timeout: duration(1000, 3_600_000).prefault('300s'),
+          /** How long a caller may take to send its headers (Node's headersTimeout). */
+          headers_timeout: duration(1000, 300_000).prefault('60s'),
+          /** Largest request head, bytes; beyond it 431. */
+          max_header_bytes: z
+            .int()
+            .min(1024)
+            .max(1024 * 1024)
+            .default(16 * 1024),
+          /** Largest request body, bytes; beyond it 413. Unlimited when absent. */
+          max_body_bytes: z.int().min(0).optional(),
+          /** HTTPS on the egress listener (HTTP/1.1 over TLS), e.g. for client certificates. */
+          tls: serverTls.optional(),
+          /**
+           * Callers that may use the listener; when set, a request must authenticate as one of
+           * them and may reach only what that caller's allow-lists name.
+           */
+          callers: z
+            .array(
+              z
+                .strictObject({
+                  name: identifier,
+                  /** SHA-256 (hex) of the caller's bearer token. */
+                  token_sha256: sha256Hex.optional(),
+                  /** A URI or DNS SAN the caller's client certificate must carry (needs tls). */
+                  client_certificate_san: z.string().min(1).optional(),
+                  allow: z
+                    .strictObject({ tenants: allowList, clusters: allowList, nodes: allowList })
+                    .prefault({}),
+                })
+                .superRefine((caller, context) => {
+                  if (
+                    (caller.token_sha256 === undefined) ===
+                    (caller.client_certificate_san === undefined)
+                  ) {
+                    context.addIssue({
+                      code: 'custom',
+                      message:
+                        'a caller needs exactly one of token_sha256 or client_certificate_san',
+                    });
+                  }
+                }),
+            )
+            .min(1)
+            .optional(),
+          /** The answer to a refused caller: 403, or 404 to look like "no such node". */
+          refused_status: z.union([z.literal(403), z.literal(404)]).default(403),
         }),
       )
       .min(1),
   })
   .superRefine((config, context) => {
+    const { tunnel_listener: tunnel } = config;
+    if (tunnel.auth?.client_certificate !== undefined && tunnel.tls?.client_ca_file === undefined) {
+      context.addIssue({
+        code: 'custom',
+        path: ['tunnel_listener', 'auth', 'client_certificate'],
+        message: 'binding ids to the client certificate needs tls.client_ca_file (mTLS)',
+      });
+    }
+    config.egress_listeners.forEach((listener, index) => {
+      listener.callers?.forEach((caller, callerIndex) => {
+        if (
+          caller.client_certificate_san !== undefined &&
+          listener.tls?.client_ca_file === undefined
+        ) {
+          context.addIssue({
+            code: 'custom',
+            path: ['egress_listeners', index, 'callers', callerIndex, 'client_certificate_san'],
+            message:
+              'a caller known by its client certificate needs tls.client_ca_file on the listener',
+          });
+        }
+      });
+    });
     if (!config.enable_tenant_isolation) return;
     config.egress_listeners.forEach((listener, index) => {
       listener.routes.forEach((route, routeIndex) => {

@@ -5,13 +5,20 @@
  * `max_reconnect_backoff`, with jitter, or the responder's Retry-After on 429/503) and the slots
  * that are not connected wait for it; a success resets it. A tunnel that closes is re-dialled at
  * once, event-driven, not on Envoy's 10 s tick (reference §12 #4).
+ *
+ * With `tls`, the dial is TLS (CA, SNI, client certificate, SPKI pins, minimum version) and the
+ * handshake asks to keep the TLS session for the whole tunnel; a 200 that does not confirm it is a
+ * failure (`tls_not_kept`), since the tunnel would otherwise carry the data path in cleartext.
  */
 import { readFile } from 'node:fs/promises';
 import net, { type Socket } from 'node:net';
+import tls from 'node:tls';
 import type { InitiatorConfig } from '../config/schema.ts';
 import {
   buildHandshakeRequest,
+  confirmsKeptTls,
   evaluateHandshakeResponse,
+  handshakeHeaderNames,
   type Identity,
 } from '../protocol/handshake.ts';
 import { ResponseHeadParser } from '../protocol/http1-head.ts';
@@ -20,6 +27,7 @@ import { Backoff } from '../shared/backoff.ts';
 import { describeError } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { StatsRegistry } from '../shared/stats.ts';
+import { loadClientTls, type ClientTls, type ClientTlsFiles } from '../shared/tls-files.ts';
 import { StateGauges, type SlotState } from './state-gauges.ts';
 import { InitiatorTunnel, type InitiatorTunnelOptions, type TunnelCloseReason } from './tunnel.ts';
 
@@ -49,7 +57,9 @@ export interface HostDiallerOptions {
   readonly detailedStats: boolean;
   readonly stats: StatsRegistry;
   readonly logger: Logger;
-  readonly tunnel: Pick<InitiatorTunnelOptions, 'settings' | 'onStream'>;
+  readonly tunnel: Omit<InitiatorTunnelOptions, 'onDraining' | 'onClose'>;
+  /** The remote cluster's `tls`, and its config path for messages; loaded by `prepare()`. */
+  readonly tls?: { readonly files: ClientTlsFiles; readonly key: string } | undefined;
   /** Hands out connection ids, unique in the initiator. */
   readonly nextConnectionId: () => number;
   readonly onEvent: (dialler: HostDialler, event: DiallerEvent) => void;
@@ -92,6 +102,7 @@ export class HostDialler {
   readonly #draining = new Set<InitiatorTunnel>();
   #closed = false;
   #closeWaiters: Array<() => void> = [];
+  #tls: ClientTls | undefined;
 
   constructor(options: HostDiallerOptions) {
     this.#options = options;
@@ -110,6 +121,12 @@ export class HostDialler {
       socket: undefined,
       tunnel: undefined,
     }));
+  }
+
+  /** Loads the TLS files (an unreadable or bad one stops the start, naming the key and file). */
+  async prepare(): Promise<void> {
+    const { tls: settings } = this.#options;
+    if (settings !== undefined) this.#tls = await loadClientTls(settings.files, settings.key);
   }
 
   start(): void {
@@ -166,6 +183,9 @@ export class HostDialler {
     let extraHeaders: Array<[string, string]>;
     try {
       extraHeaders = await Promise.all(handshake.headers.map(readHeader));
+      if (handshake.bearer_token_file !== undefined) {
+        extraHeaders.push(await readBearer(handshake.bearer_token_file));
+      }
     } catch (error) {
       this.#set(slot, 'cannot_connect');
       this.#failed(connectionId, 'header_file_error', describeError(error), undefined);
@@ -176,7 +196,16 @@ export class HostDialler {
       this.#notifyIfEmpty();
       return;
     }
-    const socket = net.connect({ host: host.host, port: host.port, noDelay: true });
+    const secure = this.#tls;
+    if (secure !== undefined) {
+      extraHeaders.push([handshakeHeaderNames(handshake.header_prefix).keepTls, 'true']);
+    }
+    const socket =
+      secure === undefined
+        ? net.connect({ host: host.host, port: host.port, noDelay: true })
+        : tls.connect(secure.connectOptions(host.host, host.port)).setNoDelay(true);
+    const ready = secure === undefined ? 'connect' : 'secureConnect';
+    let connected = false;
     slot.socket = socket;
     const parser = new ResponseHeadParser({ maxHeadBytes: maxResponseHeadBytes, maxHeaders: 100 });
     let settled = false;
@@ -184,7 +213,8 @@ export class HostDialler {
       if (settled) return false;
       settled = true;
       clearTimeout(timer);
-      socket.removeListener('connect', onConnect);
+      socket.removeListener('connect', onTcpConnect);
+      socket.removeListener(ready, onConnect);
       socket.removeListener('data', onData);
       socket.removeListener('error', onError);
       socket.removeListener('close', onClose);
@@ -236,10 +266,28 @@ export class HostDialler {
         fail(outcome.reason, status, 'failed', outcome.retryAfterSeconds);
         return;
       }
+      if (secure !== undefined && !confirmsKeptTls(result.head, handshake.header_prefix)) {
+        fail(
+          'tls_not_kept',
+          'the responder accepted without confirming keep-tls: the data path would be cleartext',
+        );
+        return;
+      }
       settle();
       this.#established(slot, socket, result.rest, connectionId);
     };
+    const onTcpConnect = () => {
+      connected = true;
+    };
     const onError = (error: NodeJS.ErrnoException) => {
+      if (secure !== undefined && connected) {
+        // TCP was up, so the TLS handshake failed: certificate, name, pin or protocol version.
+        fail(
+          error.code === 'ERR_SPKI_PIN_MISMATCH' ? 'tls_pin_mismatch' : 'tls_error',
+          describeError(error),
+        );
+        return;
+      }
       const never = error.code !== undefined && unresolved.has(error.code);
       fail(
         never ? 'cannot_connect' : 'connect_error',
@@ -248,7 +296,8 @@ export class HostDialler {
       );
     };
     const onClose = () => fail('closed', 'the responder closed the connection before answering');
-    socket.on('connect', onConnect);
+    socket.on('connect', onTcpConnect);
+    socket.on(ready, onConnect);
     socket.on('data', onData);
     socket.on('error', onError);
     socket.on('close', onClose);
@@ -395,6 +444,13 @@ export class HostDialler {
     this.#closeWaiters = [];
     for (const waiter of waiters) waiter();
   }
+}
+
+/** `authorization: Bearer <token>`, the token read from its file (trimmed). */
+async function readBearer(file: string): Promise<[string, string]> {
+  const [, token] = await readHeader({ name: 'authorization', value_file: file });
+  if (token === '') throw new Error(`${file} is empty: no bearer token to send`);
+  return ['authorization', `Bearer ${token}`];
 }
 
 /** A configured handshake header's value, read from its file when it has one. */

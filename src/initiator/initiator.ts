@@ -5,6 +5,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { validateInitiatorConfig } from '../config/load.ts';
+import { assertSecure } from '../config/security.ts';
 import type { InitiatorConfig, InitiatorConfigInput } from '../config/schema.ts';
 import type { HostPort } from '../shared/address.ts';
 import {
@@ -76,7 +77,7 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
             this.stats.counter('revtun.lifecycle_log.dropped'),
           );
     let connectionIds = 0;
-    this.#diallers = config.remote_clusters.flatMap((cluster) =>
+    this.#diallers = config.remote_clusters.flatMap((cluster, index) =>
       cluster.hosts.map(
         (host) =>
           new HostDialler({
@@ -91,9 +92,14 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
             stats: this.stats,
             logger,
             tunnel: {
-              settings: { enablePush: false, maxConcurrentStreams: config.max_concurrent_streams },
+              maxConcurrentStreams: config.max_concurrent_streams,
+              limits: config.http2,
               onStream: (stream, headers, flags) => this.#router.handle(stream, headers, flags),
             },
+            tls:
+              cluster.tls === undefined
+                ? undefined
+                : { files: cluster.tls, key: `remote_clusters[${index}].tls` },
             nextConnectionId: () => (connectionIds += 1),
             onEvent: (dialler, event) => this.#onDiallerEvent(dialler, event),
           }),
@@ -140,6 +146,7 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
 
   /** Use `startInitiator`. */
   async start(): Promise<void> {
+    await Promise.all(this.#diallers.map((dialler) => dialler.prepare()));
     const admin = await this.#admin?.listen();
     this.#addresses = { admin };
     for (const dialler of this.#diallers) dialler.start();
@@ -173,5 +180,7 @@ export async function startInitiator(
   input: InitiatorConfigInput | InitiatorConfig,
   options: StartOptions = {},
 ): Promise<Initiator> {
-  return startOrClose(new Initiator(validateInitiatorConfig(input), options));
+  const config = validateInitiatorConfig(input);
+  assertSecure('initiator', config);
+  return startOrClose(new Initiator(config, options));
 }

@@ -3,6 +3,11 @@
  * prefix or exact path (first match wins, as Envoy's route table) and forwarded to a local service over HTTP/1.1
  * with an undici Pool per service. Unmatched paths get 404. Bodies stream both ways with
  * `stream.pipeline` and HTTP/2 flow control, never buffered whole.
+ *
+ * The initiator is never an open relay: the only places it connects to are the configured targets.
+ * `:authority` is passed on as `host` and never picks a destination; CONNECT and extended CONNECT
+ * (RFC 9113 §8.5, RFC 8441) get 405, and a `:path` that is not origin-form (RFC 9112 §3.2.1:
+ * `*` or an absolute URL) gets 400, so nothing but a path on a local service is ever requested.
  */
 import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import { PassThrough } from 'node:stream';
@@ -14,6 +19,9 @@ import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import { watchEndStream } from '../shared/http2-stream.ts';
 import { findRoute, pathOf, type RouteMatch } from '../shared/route-match.ts';
 import type { Logger } from '../shared/logger.ts';
+
+/** The `allow` of a 405 (RFC 9110 §15.5.6): every method but CONNECT is forwarded. */
+const allowedMethods = 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE';
 
 interface Route extends RouteMatch {
   readonly target: string;
@@ -65,10 +73,25 @@ export class LocalRouter {
     headers: IncomingHttpHeaders,
     flags: number,
   ): Promise<void> {
-    const path = headers[':path'] ?? '/';
     const method = headers[':method'] ?? 'GET';
-    const pathOnly = pathOf(path);
     const hasBody = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) === 0;
+    if (method === 'CONNECT' || headers[':protocol'] !== undefined) {
+      respondText(stream, 405, 'CONNECT is not served: the initiator is not a relay', hasBody, {
+        allow: allowedMethods,
+      });
+      return;
+    }
+    const path = headers[':path'] ?? '/';
+    if (!path.startsWith('/')) {
+      respondText(
+        stream,
+        400,
+        `the request target must be a path starting with "/", not ${JSON.stringify(path.slice(0, 100))}`,
+        hasBody,
+      );
+      return;
+    }
+    const pathOnly = pathOf(path);
     const route = findRoute(this.#routes, pathOnly);
     if (route === undefined) {
       respondText(stream, 404, `no local route for path ${pathOnly}`, hasBody);
@@ -166,10 +189,12 @@ function respondText(
   status: number,
   message: string,
   hasBody: boolean,
+  headers: http2.OutgoingHttpHeaders = {},
 ): void {
   if (stream.destroyed || stream.closed) return;
   const body = `${message}\n`;
   stream.respond({
+    ...headers,
     ':status': status,
     'content-type': 'text/plain; charset=utf-8',
     'content-length': Buffer.byteLength(body),

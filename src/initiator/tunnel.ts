@@ -4,6 +4,11 @@
  * an HTTP/2 server on the same socket: Node's server session writes SETTINGS the moment it exists,
  * so it is created only then (architecture decision 3), with the bytes read so far handed back
  * through `socket.unshift()` so nghttp2 reads them first (nodejs/node#41185).
+ *
+ * Rapid reset (CVE-2023-44487): nghttp2's own guard answers a flood of streams the peer resets with
+ * GOAWAY(INTERNAL_ERROR) but tells Node nothing, so the session and its socket would stay open,
+ * holding the tunnel's slot, for as long as the peer likes. This tunnel keeps a smaller budget of its
+ * own (streams the peer resets before any response) and closes the connection when it runs out.
  */
 import http2, {
   type ServerHttp2Session,
@@ -12,13 +17,23 @@ import http2, {
 } from 'node:http2';
 import type { Socket } from 'node:net';
 import { RPING, RpingInterceptor } from '../protocol/rping.ts';
+import { http2SessionOptions, type Http2LimitsConfig } from '../shared/http2-limits.ts';
 
 export type TunnelCloseReason =
-  'peer_close' | 'read_error' | 'rping_flood' | 'http2_closed' | 'local_close';
+  'peer_close' | 'read_error' | 'rping_flood' | 'rapid_reset' | 'http2_closed' | 'local_close';
+
+/**
+ * Streams the responder may reset before they are answered: a burst, then a rate per second. Below
+ * nghttp2's (1000, then 33 per second), so this one trips first.
+ */
+export const peerResetBurst = 500;
+export const peerResetsPerSecond = 33;
 
 export interface InitiatorTunnelOptions {
-  /** HTTP/2 settings the initiator announces as server. */
-  readonly settings: http2.Settings;
+  /** SETTINGS_MAX_CONCURRENT_STREAMS the initiator announces as server. */
+  readonly maxConcurrentStreams: number;
+  /** The session's HTTP/2 limits (the initiator's `http2` config). */
+  readonly limits: Http2LimitsConfig;
   readonly onStream: (
     stream: ServerHttp2Stream,
     headers: IncomingHttpHeaders,
@@ -37,6 +52,9 @@ export class InitiatorTunnel {
   readonly #interceptor = new RpingInterceptor();
   #session: ServerHttp2Session | undefined;
   #closed = false;
+  /** What is left of the peer-reset budget, and when it was last refilled. */
+  #resetTokens = peerResetBurst;
+  #resetRefilledAt = Date.now();
 
   constructor(socket: Socket, options: InitiatorTunnelOptions) {
     this.socket = socket;
@@ -89,14 +107,39 @@ export class InitiatorTunnel {
     this.socket.removeListener('data', this.#onIdleData);
     this.socket.pause();
     this.socket.unshift(data);
-    const session = http2.performServerHandshake(this.socket, { settings: this.#options.settings });
+    const options = http2SessionOptions(this.#options.limits);
+    const session = http2.performServerHandshake(this.socket, {
+      ...options,
+      settings: { ...options.settings, maxConcurrentStreams: this.#options.maxConcurrentStreams },
+    });
     this.#session = session;
     session.on('error', () => {
       // Followed by 'close', which reports the end of the tunnel.
     });
     session.on('stream', this.#options.onStream);
+    session.on('stream', (stream: ServerHttp2Stream) => {
+      stream.once('close', () => {
+        if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && !stream.headersSent) {
+          this.#onPeerReset(session);
+        }
+      });
+    });
     session.on('close', () => this.#finish('http2_closed'));
     session.once('goaway', () => this.#options.onDraining?.());
+  }
+
+  /** A stream the peer reset before it was answered: spends one token of the budget. */
+  #onPeerReset(session: ServerHttp2Session): void {
+    const now = Date.now();
+    const refill = ((now - this.#resetRefilledAt) / 1000) * peerResetsPerSecond;
+    this.#resetTokens = Math.min(peerResetBurst, this.#resetTokens + refill);
+    this.#resetRefilledAt = now;
+    this.#resetTokens -= 1;
+    if (this.#resetTokens >= 0 || this.#closed) return;
+    if (!session.destroyed) session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+    // The GOAWAY is queued on the socket; end() flushes it, then the socket is destroyed.
+    this.socket.end();
+    this.#finish('rapid_reset');
   }
 
   #onError = (error: Error): void => {

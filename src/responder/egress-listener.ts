@@ -1,24 +1,50 @@
 /**
- * An egress listener: callers send ordinary HTTP/1.1 requests naming a node or a cluster in a
- * header; each request goes to that node as an HTTP/2 stream on one of its tunnels.
+ * An egress listener: callers send ordinary HTTP/1.1 requests (over TLS with `tls`) naming a node
+ * or a cluster in a header; each request goes to that node as an HTTP/2 stream on one of its
+ * tunnels.
  *
- * Failure answers are one line of plain text: 404 no route, 400 no routing header, 503 no tunnel
- * or every tunnel busy, 502 the tunnel failed before the response began. Once the response has
- * begun, a failure aborts the caller's connection: a truncated body never looks complete.
+ * The steps, in order: the header fields are counted (431 past the cap of a tunnel stream) and
+ * `host` is required (400), the caller authenticates (`callers`: 401 without valid credentials), a
+ * declared body larger than `max_body_bytes` is refused (413), the request script runs, the route
+ * is matched (404), the routing headers are read (400 if none, or if one is repeated), the node is
+ * resolved among those the caller may reach (503 none connected; `refused_status` when the caller
+ * may not reach it), and the request is sent on a session borrowed from the registry.
+ *
+ * Failure answers are one line of plain text. Once the response has begun, a failure aborts the
+ * caller's connection: a truncated body never looks complete. A chunked upload that grows past
+ * `max_body_bytes` resets the stream to the initiator (never END_STREAM), and is answered 413 if
+ * the response has not begun.
+ *
+ * Header hygiene: the local service never sees how it was reached. The route's host id and tenant
+ * headers and the tunnel identity headers (`<header_prefix>-reverse-tunnel-*`) are not forwarded,
+ * nor, on a listener with callers, `authorization`. A header a request script reads to compute a
+ * host id (the sandbox's x-node-id → x-computed-host-id) is the script's to remove.
  */
+import { readFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import http2, { type ClientHttp2Stream, type OutgoingHttpHeaders } from 'node:http2';
+import https from 'node:https';
+import type { Duplex } from 'node:stream';
+import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { EgressListenerConfig } from '../config/schema.ts';
-import type { HostPort } from '../shared/address.ts';
+import { handshakeHeaderNames } from '../protocol/handshake.ts';
+import { formatHostPort, type HostPort } from '../shared/address.ts';
 import { describeError, RevtunError, isRevtunError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
+import { maxHeaderListPairs } from '../shared/http2-limits.ts';
 import { resetStream, watchEndStream } from '../shared/http2-stream.ts';
 import { findRoute, pathOf } from '../shared/route-match.ts';
 import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { StatsRegistry } from '../shared/stats.ts';
-import type { TunnelRegistry } from './registry.ts';
+import {
+  EgressCallers,
+  mayReach,
+  type Authentication,
+  type CallerConfig,
+} from './egress-callers.ts';
+import type { NodeEntry, TunnelRegistry } from './registry.ts';
 import { RequestHeaders } from './request-headers.ts';
 import type { LocalReply, RequestScript } from './request-script.ts';
 import type { TunnelSession } from './tunnel-session.ts';
@@ -28,47 +54,46 @@ export interface EgressListenerOptions {
   readonly registry: TunnelRegistry;
   /** Tenant isolation: every request names its tenant, and lookups are by tenant. */
   readonly tenantIsolation: boolean;
+  /** The tunnel listener's header_prefix: the identity headers it names are never forwarded. */
+  readonly identityHeaderPrefix: string;
   readonly stats: StatsRegistry;
   readonly logger: Logger;
   readonly index: number;
 }
 
+/** The pseudo-headers of every stream (`:method`, `:path`, `:scheme`, `:authority`). */
+const pseudoHeaderCount = 4;
+
+/**
+ * Header fields a request may carry: what a tunnel stream carries besides its pseudo-headers.
+ * Checked on the request as received, before anything else runs (as Envoy's codec checks its
+ * max_headers_count, default 100, and answers 431), and again on what would be forwarded, which a
+ * request script may have grown.
+ */
+const maxRequestHeaderFields = maxHeaderListPairs - pseudoHeaderCount;
+
+/**
+ * Header fields Node keeps of a request (server.maxHeadersCount; its default, stated). It drops the
+ * rest silently, so a request that reaches it has at least that many and the exact count is lost.
+ */
+const keptHeaderFields = 1000;
+
 export class EgressListener {
   readonly #options: EgressListenerOptions;
-  readonly #server: http.Server;
+  readonly #callers: EgressCallers | undefined;
+  readonly #identityHeaders: readonly string[];
+  #server: http.Server | undefined;
   #script: RequestScript | undefined;
   #draining = false;
 
   constructor(options: EgressListenerOptions) {
     this.#options = options;
-    this.#server = http.createServer(
-      {
-        requestTimeout: options.config.request_timeout,
-        // Node's defaults, stated: a caller has 60 s for its headers and 5 s idle between requests.
-        headersTimeout: 60_000,
-        keepAliveTimeout: 5_000,
-        connectionsCheckingInterval: 1_000,
-      },
-      (request, response) => {
-        this.#handle(request, response).catch((error: unknown) => {
-          options.logger.error({ err: error }, 'egress request failed unexpectedly');
-          response.destroy();
-        });
-      },
-    );
-    this.#server.on('clientError', (error, socket) => {
-      if (socket.writable && !socket.destroyed)
-        socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
-      else socket.destroy();
-      options.logger.debug({ err: error }, 'malformed request on the egress listener');
-    });
-    // Errors while listening reach listen(), which turns them into one clear RevtunError.
-    this.#server.on('error', (error) => {
-      if (this.#server.listening) options.logger.error({ err: error }, 'egress listener error');
-    });
+    const { callers } = options.config;
+    this.#callers = callers === undefined ? undefined : new EgressCallers(callers);
+    this.#identityHeaders = Object.values(handshakeHeaderNames(options.identityHeaderPrefix));
   }
 
-  /** Loads the request script, if any, then listens. */
+  /** Loads the request script and the TLS files, if any, then listens. */
   async listen(): Promise<HostPort> {
     const { config, logger, index } = this.#options;
     if (config.lua !== undefined) {
@@ -80,27 +105,163 @@ export class EgressListener {
         logger: logger.child({ egress_listener: index }),
       });
     }
+    this.#server = await this.#createServer();
     return listen(this.#server, config.address, `egress listener ${index}`);
   }
 
   /** Stops accepting connections; requests that arrive on kept-alive connections get 503. */
   async drain(): Promise<void> {
     this.#draining = true;
+    if (this.#server === undefined) return;
     const closed = closeServer(this.#server);
     this.#server.closeIdleConnections();
     await closed;
   }
 
   destroy(): void {
-    this.#server.closeAllConnections();
+    this.#server?.closeAllConnections();
     this.#script?.close();
   }
 
-  async #handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
+  async #createServer(): Promise<http.Server> {
+    const { config, logger } = this.#options;
+    const options: http.ServerOptions = {
+      requestTimeout: config.request_timeout,
+      // Node refuses a headers timeout above the request timeout; the smaller one binds anyway.
+      headersTimeout: Math.min(config.headers_timeout, config.request_timeout),
+      // Node answers a longer head with 431 (the 'clientError' below writes it).
+      maxHeaderSize: config.max_header_bytes,
+      // #handle checks Host itself, after the field count: with maxHeadersCount (below), Node's
+      // own check would answer 400 for a Host it dropped, where the answer is 431.
+      requireHostHeader: false,
+      // Node's default, stated: 5 s idle between requests on a kept-alive connection.
+      keepAliveTimeout: 5_000,
+      // How often Node checks the two timeouts above: a slow caller is cut within a second of them.
+      connectionsCheckingInterval: 1_000,
+    };
+    const onRequest = (request: IncomingMessage, response: ServerResponse) =>
+      this.#onRequest(request, response, false);
+    let server: http.Server;
+    if (config.tls === undefined) {
+      server = http.createServer(options, onRequest);
+    } else {
+      const tls = await this.#tlsOptions(config.tls);
+      try {
+        server = https.createServer({ ...options, ...tls }, onRequest);
+      } catch (error) {
+        throw this.#listenError(`its TLS files are not usable: ${describeError(error)}`, error);
+      }
+      server.on('tlsClientError', (error) => {
+        logger.debug({ err: error }, 'TLS handshake failed on the egress listener');
+      });
+    }
+    // Node does not refuse a request with many header fields: past maxHeadersCount it drops the
+    // rest silently, Host and routing headers among them. #handle counts them and answers 431.
+    server.maxHeadersCount = keptHeaderFields;
+    // `expect: 100-continue` is answered only once the request passed every check, so a caller
+    // that is refused (401, 413 …) never sends its body.
+    server.on('checkContinue', (request: IncomingMessage, response: ServerResponse) =>
+      this.#onRequest(request, response, true),
+    );
+    server.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => {
+      answerClientError(error, socket, config.max_header_bytes);
+      logger.debug({ err: error }, 'malformed or late request on the egress listener');
+    });
+    // Errors while listening reach listen(), which turns them into one clear RevtunError.
+    server.on('error', (error) => {
+      if (server.listening) logger.error({ err: error }, 'egress listener error');
+    });
+    return server;
+  }
+
+  /**
+   * HTTPS options. With `client_ca_file` the listener asks every client for a certificate; it
+   * requires one at the TLS layer only when no caller is known by a token. With token callers a
+   * client without a certificate (or with one that does not verify) still completes the handshake
+   * and authenticates by token, or gets a 401 that says why, instead of a bare TLS alert.
+   */
+  async #tlsOptions(tls: NonNullable<EgressListenerConfig['tls']>): Promise<https.ServerOptions> {
+    const read = async (file: string, key: string): Promise<Buffer> => {
+      try {
+        return await readFile(file);
+      } catch (error) {
+        throw this.#listenError(`cannot read tls.${key} ${file}: ${describeError(error)}`, error);
+      }
+    };
+    const [cert, key, ca] = await Promise.all([
+      read(tls.cert_file, 'cert_file'),
+      read(tls.key_file, 'key_file'),
+      tls.client_ca_file === undefined ? undefined : read(tls.client_ca_file, 'client_ca_file'),
+    ]);
+    const options: https.ServerOptions = { cert, key, minVersion: tls.min_version };
+    if (ca === undefined) return options;
+    return {
+      ...options,
+      ca,
+      requestCert: true,
+      rejectUnauthorized: !(this.#callers?.hasTokenCallers ?? false),
+    };
+  }
+
+  #listenError(why: string, cause: unknown): RevtunError {
+    const { config, index } = this.#options;
+    return new RevtunError(
+      'ERR_LISTEN',
+      `cannot listen on ${formatHostPort(config.address)} for egress listener ${index}: ${why}`,
+      { cause },
+    );
+  }
+
+  #onRequest(request: IncomingMessage, response: ServerResponse, expectsContinue: boolean): void {
+    this.#handle(request, response, expectsContinue).catch((error: unknown) => {
+      this.#options.logger.error({ err: error }, 'egress request failed unexpectedly');
+      response.destroy();
+    });
+  }
+
+  async #handle(
+    request: IncomingMessage,
+    response: ServerResponse,
+    expectsContinue: boolean,
+  ): Promise<void> {
     const { config, registry, stats, logger } = this.#options;
+    // First, as Envoy's codec does: nothing (authentication, the script) works on such a request.
+    const receivedFields = request.rawHeaders.length / 2;
+    if (receivedFields > maxRequestHeaderFields) {
+      tooManyHeaderFields(
+        response,
+        receivedFields < keptHeaderFields ? `${receivedFields}` : `at least ${keptHeaderFields}`,
+      );
+      return;
+    }
+    // What requireHostHeader would do (RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400).
+    if (
+      request.httpVersionMajor === 1 &&
+      request.httpVersionMinor === 1 &&
+      request.headers.host === undefined
+    ) {
+      response.shouldKeepAlive = false;
+      reply(response, 400, 'no host header: an HTTP/1.1 request must carry one');
+      return;
+    }
     if (this.#draining) {
       response.shouldKeepAlive = false;
       reply(response, 503, 'the responder is shutting down');
+      return;
+    }
+    let caller: CallerConfig | undefined;
+    if (this.#callers !== undefined) {
+      const authentication = this.#callers.authenticate(request);
+      if (!authentication.ok) {
+        stats.counter(`http.${config.stat_prefix}.callers.unauthorized`).inc();
+        unauthorized(response, authentication);
+        return;
+      }
+      caller = authentication.caller;
+    }
+    const declared = declaredLength(request);
+    if (config.max_body_bytes !== undefined && declared > config.max_body_bytes) {
+      bodyTooLarge(response, config.max_body_bytes);
       return;
     }
     // The script sees the request first and may change its headers or answer it (Envoy runs the
@@ -109,25 +270,14 @@ export class EgressListener {
       ':method': request.method ?? 'GET',
       ':path': request.url ?? '/',
       ':authority': request.headers.host ?? '',
-      ':scheme': 'http',
+      ':scheme': config.tls === undefined ? 'http' : 'https',
     });
-    if (this.#script !== undefined) {
-      let local: LocalReply | undefined;
-      try {
-        local = this.#script.onRequest(headers);
-      } catch (error) {
-        // As Envoy's Lua filter: the failure is logged and counted, and the request goes on with
-        // the headers as the script left them.
-        stats.counter(`http.${config.stat_prefix}.lua.errors`).inc();
-        logger.error(
-          { err: error, path: request.url },
-          'request script failed; the request goes on',
-        );
-      }
-      if (local !== undefined) {
-        localReply(response, local);
-        return;
-      }
+    // The caller's credential is this listener's: neither the script nor the service sees it.
+    if (this.#callers !== undefined) headers.remove('authorization');
+    const local = this.#runScript(headers, request);
+    if (local !== undefined) {
+      localReply(response, local);
+      return;
     }
     const pathOnly = pathOf(request.url ?? '/');
     const route = findRoute(config.routes, pathOnly);
@@ -136,6 +286,13 @@ export class EgressListener {
       return;
     }
     const hostIdHeaders = route.host_id_headers ?? config.host_id_headers;
+    const tenantHeaders = route.tenant_id_headers ?? config.tenant_id_headers ?? [];
+    const routingHeaders = [...new Set([...hostIdHeaders, ...tenantHeaders])];
+    const repeated = routingHeaders.find((name) => isRepeated(request, headers, name));
+    if (repeated !== undefined) {
+      reply(response, 400, `duplicate routing header ${repeated}`);
+      return;
+    }
     const hostId = firstHeader(headers, hostIdHeaders);
     if (hostId === undefined) {
       const status = config.no_host_id_status;
@@ -145,7 +302,6 @@ export class EgressListener {
     }
     let tenantId = '';
     if (this.#options.tenantIsolation) {
-      const tenantHeaders = route.tenant_id_headers ?? config.tenant_id_headers ?? [];
       const tenant = firstHeader(headers, tenantHeaders);
       // Envoy resolves an empty or "-" tenant to no host; revtun says what is missing.
       if (tenant === undefined || tenant === '-') {
@@ -155,14 +311,16 @@ export class EgressListener {
       tenantId = tenant;
     }
     const cluster = `cluster.${route.cluster}`;
-    const node = registry.resolve(hostId, tenantId);
+    const allowed = caller === undefined ? undefined : (node: NodeEntry) => mayReach(caller, node);
+    const node = registry.resolve(hostId, tenantId, allowed);
     if (node === undefined) {
-      stats.counter(`${cluster}.upstream_cx_none_healthy`).inc();
-      reply(
-        response,
-        503,
-        `no tunnel for host id ${hostId}: no node or cluster by that id is connected`,
-      );
+      this.#noNode(response, { cluster, hostId, tenantId, caller });
+      return;
+    }
+    const forwarded = this.#forwardedHeaders(request, headers, routingHeaders, node);
+    const fields = countFields(forwarded);
+    if (fields > maxHeaderListPairs) {
+      tooManyHeaderFields(response, `${fields - pseudoHeaderCount}`);
       return;
     }
     let session: TunnelSession;
@@ -175,14 +333,113 @@ export class EgressListener {
       return;
     }
     stats.counter(`${cluster}.upstream_rq_total`).inc();
-    await forward(request, response, headers.toObject(), session, logger);
+    if (expectsContinue) response.writeContinue();
+    await forward({
+      request,
+      response,
+      headers: forwarded,
+      session,
+      logger,
+      maxBodyBytes: config.max_body_bytes,
+    });
   }
+
+  /** The request script's own reply, if it gave one. */
+  #runScript(headers: RequestHeaders, request: IncomingMessage): LocalReply | undefined {
+    if (this.#script === undefined) return undefined;
+    const { config, stats, logger } = this.#options;
+    try {
+      return this.#script.onRequest(headers);
+    } catch (error) {
+      // As Envoy's Lua filter: the failure is logged and counted, and the request goes on with
+      // the headers as the script left them.
+      stats.counter(`http.${config.stat_prefix}.lua.errors`).inc();
+      logger.error({ err: error, path: request.url }, 'request script failed; the request goes on');
+      return undefined;
+    }
+  }
+
+  /**
+   * No node the caller may reach: 503 if none by that id is connected. A caller refused with 404
+   * gets exactly the answer it would get for an id nobody uses, so it cannot tell the two apart;
+   * 403 says the node exists and the caller may not reach it.
+   */
+  #noNode(
+    response: ServerResponse,
+    what: { cluster: string; hostId: string; tenantId: string; caller: CallerConfig | undefined },
+  ): void {
+    const { config, registry, stats } = this.#options;
+    const { cluster, hostId, tenantId, caller } = what;
+    const known = registry.knows(hostId, tenantId);
+    if (known && caller !== undefined)
+      stats.counter(`http.${config.stat_prefix}.callers.refused`).inc();
+    else stats.counter(`${cluster}.upstream_cx_none_healthy`).inc();
+    if (caller !== undefined && config.refused_status === 404) {
+      reply(response, 404, `no route for host id ${hostId}`);
+    } else if (caller !== undefined && known) {
+      reply(response, 403, `caller ${caller.name} may not reach host id ${hostId}`);
+    } else {
+      reply(
+        response,
+        503,
+        `no tunnel for host id ${hostId}: no node or cluster by that id is connected`,
+      );
+    }
+  }
+
+  /** The HTTP/2 request headers: the request's end-to-end headers less the routing ones. */
+  #forwardedHeaders(
+    request: IncomingMessage,
+    headers: RequestHeaders,
+    routingHeaders: readonly string[],
+    node: NodeEntry,
+  ): OutgoingHttpHeaders {
+    const fields = headers.toObject();
+    const host = fields['host'];
+    const out: OutgoingHttpHeaders = {
+      ':method': request.method ?? 'GET',
+      ':path': request.url ?? '/',
+      ':scheme': 'http',
+      ':authority': (Array.isArray(host) ? host[0] : host) ?? node.nodeId,
+    };
+    const dropped = new Set(['host', ...routingHeaders, ...this.#identityHeaders]);
+    forEachEndToEndHeader(fields, (name, value) => {
+      if (!dropped.has(name)) out[name] = value;
+    });
+    return out;
+  }
+}
+
+/**
+ * True if a routing header came on more than one line (Node joins most repeated headers with ", "
+ * and keeps only the first of some) or holds a list: ids never contain a comma, so "a, b" is two
+ * values however it arrived. Either way, which one routes would be a guess.
+ */
+function isRepeated(request: IncomingMessage, headers: RequestHeaders, name: string): boolean {
+  return (
+    (request.headersDistinct[name]?.length ?? 0) > 1 || (headers.get(name)?.includes(',') ?? false)
+  );
+}
+
+/** Header fields as the HTTP/2 stream sends them: each value of a list is a field. */
+function countFields(headers: OutgoingHttpHeaders): number {
+  let count = 0;
+  for (const value of Object.values(headers)) {
+    if (value !== undefined) count += Array.isArray(value) ? value.length : 1;
+  }
+  return count;
+}
+
+/** The declared content-length, 0 when absent (Node has already rejected a malformed one). */
+function declaredLength(request: IncomingMessage): number {
+  const length = request.headers['content-length'];
+  return length === undefined ? 0 : Number(length);
 }
 
 /** The first of the headers that is present with a non-empty value. */
 function firstHeader(headers: RequestHeaders, names: readonly string[]): string | undefined {
   for (const name of names) {
-    const text = headers.get(name)?.split(',', 1)[0]?.trim();
+    const text = headers.get(name)?.trim();
     if (text !== undefined && text !== '') return text;
   }
   return undefined;
@@ -194,17 +451,49 @@ function localReply(response: ServerResponse, local: LocalReply): void {
   response.end(body);
 }
 
-function reply(response: ServerResponse, status: number, message: string): void {
+function reply(
+  response: ServerResponse,
+  status: number,
+  message: string,
+  headers: http.OutgoingHttpHeaders = {},
+): void {
   if (response.headersSent) {
     response.destroy();
     return;
   }
   const body = `${message}\n`;
   response.writeHead(status, {
+    ...headers,
     'content-type': 'text/plain; charset=utf-8',
     'content-length': Buffer.byteLength(body),
   });
   response.end(body);
+}
+
+/** 401 with the challenge RFC 9110 §11.6.1 requires, and RFC 6750 §3.1's error for a bad token. */
+function unauthorized(response: ServerResponse, failure: Authentication & { ok: false }): void {
+  const challenge = failure.error === undefined ? 'Bearer' : `Bearer error="${failure.error}"`;
+  reply(response, 401, failure.reason, { 'www-authenticate': challenge });
+}
+
+/**
+ * 431 (RFC 6585 §5), and the connection closes, as after Node's own 431 for a head past
+ * max_header_bytes: a caller that sends bad input gets a clear answer, not a kept-alive connection
+ * (which would stay open for keepAliveTimeout) or the rest of its body read.
+ */
+function tooManyHeaderFields(response: ServerResponse, fields: string): void {
+  response.shouldKeepAlive = false;
+  reply(
+    response,
+    431,
+    `too many header fields: ${fields}, a tunnel stream carries at most ${maxRequestHeaderFields}`,
+  );
+}
+
+/** 413, and the connection closes: the rest of the body is not read (RFC 9110 §15.5.14). */
+function bodyTooLarge(response: ServerResponse, maxBytes: number): void {
+  response.shouldKeepAlive = false;
+  reply(response, 413, `the request body is larger than ${maxBytes} bytes (max_body_bytes)`);
 }
 
 function hasBody(request: IncomingMessage): boolean {
@@ -214,24 +503,84 @@ function hasBody(request: IncomingMessage): boolean {
   );
 }
 
-/** HTTP/1.1 request → HTTP/2 stream on the tunnel, and the response back. */
-async function forward(
+/**
+ * Passes a request body on and fails once more than `maxBytes` went through. `onExceeded` runs at
+ * once, before the failure reaches anything downstream, so the response side knows why the stream
+ * died by the time it hears of it.
+ */
+class BodyLimit extends Transform {
+  readonly #maxBytes: number;
+  readonly #onExceeded: () => void;
+  #bytes = 0;
+
+  constructor(maxBytes: number, onExceeded: () => void) {
+    super();
+    this.#maxBytes = maxBytes;
+    this.#onExceeded = onExceeded;
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
+    this.#bytes += chunk.length;
+    if (this.#bytes <= this.#maxBytes) {
+      done(null, chunk);
+      return;
+    }
+    this.#onExceeded();
+    done(
+      new RevtunError(
+        'ERR_BODY_TOO_LARGE',
+        `the request body passed ${this.#maxBytes} bytes (max_body_bytes)`,
+      ),
+    );
+  }
+}
+
+/**
+ * Sends the request body on the stream. With a limit, the body goes through a BodyLimit that the
+ * request is piped into rather than pipelined with: pipeline() would destroy the request, and with
+ * it the caller's connection, before a 413 could be written. Past the limit, the BodyLimit fails
+ * and pipeline() destroys the stream, which resets it without END_STREAM (http2-stream.ts): the
+ * initiator aborts the upload to its local service rather than finishing a truncated one.
+ */
+function sendBody(
   request: IncomingMessage,
-  response: ServerResponse,
-  requestHeaders: Record<string, string | string[]>,
-  session: TunnelSession,
+  stream: ClientHttp2Stream,
+  limit: { maxBytes: number | undefined; onExceeded: () => void },
   logger: Logger,
 ): Promise<void> {
-  const host = requestHeaders['host'];
-  const headers: OutgoingHttpHeaders = {
-    ':method': request.method ?? 'GET',
-    ':path': request.url ?? '/',
-    ':scheme': 'http',
-    ':authority': (Array.isArray(host) ? host[0] : host) ?? session.identity.nodeId,
+  const done = (error: unknown) => {
+    if (!isRevtunError(error, 'ERR_BODY_TOO_LARGE')) {
+      logger.debug({ err: error }, 'request body not fully forwarded');
+    }
   };
-  forEachEndToEndHeader(requestHeaders, (name, value) => {
-    if (name !== 'host') headers[name] = value;
-  });
+  if (limit.maxBytes === undefined) return pipeline(request, stream).catch(done);
+  const counted = new BodyLimit(limit.maxBytes, limit.onExceeded);
+  const onClose = () => {
+    // The caller went away mid-upload: fail the stream, never end it.
+    if (!request.complete) counted.destroy(new Error('the caller aborted the upload'));
+  };
+  request.once('close', onClose);
+  request.pipe(counted);
+  return pipeline(counted, stream)
+    .catch(done)
+    .finally(() => {
+      request.removeListener('close', onClose);
+      request.unpipe(counted);
+    });
+}
+
+interface ForwardOptions {
+  readonly request: IncomingMessage;
+  readonly response: ServerResponse;
+  readonly headers: OutgoingHttpHeaders;
+  readonly session: TunnelSession;
+  readonly logger: Logger;
+  readonly maxBodyBytes: number | undefined;
+}
+
+/** HTTP/1.1 request → HTTP/2 stream on the tunnel, and the response back. */
+async function forward(options: ForwardOptions): Promise<void> {
+  const { request, response, headers, session, logger } = options;
   const withBody = hasBody(request);
   let stream: ClientHttp2Stream;
   try {
@@ -246,6 +595,7 @@ async function forward(
   }
   const receivedEndStream = watchEndStream(stream);
   let responded = false;
+  let tooLarge = false;
   // The caller went away, or its upload is still going when the response is complete: reset the
   // stream so the initiator stops too, without ever marking a partial upload complete. A complete
   // exchange is left alone: nghttp2 closes the stream by itself, and a reset for every request
@@ -259,9 +609,17 @@ async function forward(
     );
   });
   const upload = withBody
-    ? pipeline(request, stream).catch((error: unknown) => {
-        logger.debug({ err: error }, 'request body not fully forwarded');
-      })
+    ? sendBody(
+        request,
+        stream,
+        {
+          maxBytes: options.maxBodyBytes,
+          onExceeded: () => {
+            tooLarge = true;
+          },
+        },
+        logger,
+      )
     : undefined;
   try {
     const responseHeaders = await responseOf(stream);
@@ -284,9 +642,13 @@ async function forward(
     if (response.headersSent) {
       logger.info(
         { node_id: session.identity.nodeId, err: error },
-        'tunnel failed mid-response; caller aborted',
+        tooLarge
+          ? 'request body passed max_body_bytes mid-response; caller aborted'
+          : 'tunnel failed mid-response; caller aborted',
       );
       response.destroy();
+    } else if (tooLarge) {
+      bodyTooLarge(response, options.maxBodyBytes ?? 0);
     } else {
       reply(
         response,
@@ -297,6 +659,47 @@ async function forward(
     resetStream(stream, http2.constants.NGHTTP2_CANCEL, 'the response failed');
   }
   await upload;
+}
+
+/**
+ * Node's answers to a request it cannot take (lib/_http_server.js `socketOnError`), each with a
+ * one-line reason; anything else is a 400.
+ */
+const clientErrorAnswers: Readonly<Record<string, readonly [status: string, reason: string]>> = {
+  HPE_HEADER_OVERFLOW: ['431 Request Header Fields Too Large', 'the request head is larger than'],
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: ['413 Content Too Large', 'the chunk extensions are too long'],
+  ERR_HTTP_REQUEST_TIMEOUT: [
+    '408 Request Timeout',
+    'the request did not arrive within headers_timeout or request_timeout',
+  ],
+};
+
+/**
+ * Answers a request Node could not parse or that came too slowly, then closes the connection (the
+ * parser cannot go on after an error). A connection reset by the caller is just closed.
+ */
+function answerClientError(
+  error: NodeJS.ErrnoException,
+  socket: Duplex,
+  maxHeaderBytes: number,
+): void {
+  if (error.code === 'ECONNRESET' || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const [status, reason] = clientErrorAnswers[error.code ?? ''] ?? [
+    '400 Bad Request',
+    'malformed request',
+  ];
+  const text =
+    error.code === 'HPE_HEADER_OVERFLOW'
+      ? `${reason} ${maxHeaderBytes} bytes (max_header_bytes)\n`
+      : `${reason}\n`;
+  socket.end(
+    `HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\n` +
+      `content-length: ${Buffer.byteLength(text)}\r\n\r\n${text}`,
+    () => socket.destroy(),
+  );
 }
 
 /** The stream's response headers, or a rejection if it closes or fails first. */

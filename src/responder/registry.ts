@@ -13,6 +13,7 @@
 import type { Socket } from 'node:net';
 import type { AcceptedHandshake, Identity } from '../protocol/handshake.ts';
 import { RevtunError } from '../shared/errors.ts';
+import type { Http2LimitsConfig } from '../shared/http2-limits.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { Gauge, StatsRegistry } from '../shared/stats.ts';
 import { IdleTunnel, type IdleCloseReason, type IdlePingEvent } from './idle-tunnel.ts';
@@ -52,6 +53,8 @@ export interface RegistryOptions {
   readonly pingIntervalMs: number;
   readonly pingFailureThreshold: number;
   readonly tenantIsolation: boolean;
+  /** HTTP/2 limits of every session on a checked-out tunnel. */
+  readonly http2: Http2LimitsConfig;
   readonly onEvent: (tunnel: TunnelInfo, event: TunnelEvent) => void;
 }
 
@@ -60,6 +63,8 @@ export class NodeEntry {
   readonly tenantId: string;
   /** Set by the node's first tunnel and never changed by later ones (as Envoy). */
   readonly clusterId: string;
+  /** What proved the first tunnel's identity (handshake auth), which later tunnels must match. */
+  credential: string | undefined;
   readonly key: string;
   readonly clusterKey: string;
   readonly idle: IdleTunnel[] = [];
@@ -125,6 +130,10 @@ export class TunnelRegistry {
   readonly #infos = new WeakMap<IdleTunnel | TunnelSession, TunnelInfo>();
   /** Tunnels accepted whose 200 is still being written, per node key (they count for limits). */
   readonly #reserved = new Map<string, number>();
+  /** The credential of the reservations of a node key that has no entry yet. */
+  readonly #reservedCredentials = new Map<string, string | undefined>();
+  /** The sum of `#reserved`. */
+  #reservedTotal = 0;
   #closed = false;
   #emptyWaiters: Array<() => void> = [];
 
@@ -146,22 +155,64 @@ export class TunnelRegistry {
     return (this.#nodes.get(key)?.tunnels ?? 0) + (this.#reserved.get(key) ?? 0);
   }
 
+  /**
+   * Why `identity` may not join now, or undefined (tenant isolation, issue 4 §3): a node id that is
+   * the id of a connected cluster, or a cluster id that is a connected node's id, could not be told
+   * apart by a host id; and a node id held (or being accepted) under a different credential belongs
+   * to someone else. `credential` is undefined when the listener has no auth.
+   */
+  conflictOf(identity: Identity, credential: string | undefined): string | undefined {
+    const nodeKey = this.key(identity.nodeId, identity.tenantId);
+    if ((this.#clusters.get(nodeKey)?.nodes.length ?? 0) > 0) {
+      return `node id ${identity.nodeId} is the id of a connected cluster`;
+    }
+    if (this.#nodes.has(this.key(identity.clusterId, identity.tenantId))) {
+      return `cluster id ${identity.clusterId} is the id of a connected node`;
+    }
+    if (credential === undefined) return undefined;
+    const node = this.#nodes.get(nodeKey);
+    const holder = node !== undefined ? node.credential : this.#reservedCredentials.get(nodeKey);
+    if ((node !== undefined || this.#reserved.has(nodeKey)) && holder !== credential) {
+      return `node id ${identity.nodeId} is held by a different credential`;
+    }
+    return undefined;
+  }
+
   /** Holds a place for an accepted tunnel until its 200 is written; returns the release. */
-  reserve(identity: Identity): () => void {
+  reserve(identity: Identity, credential?: string): () => void {
     const key = this.key(identity.nodeId, identity.tenantId);
+    if (!this.#reserved.has(key)) this.#reservedCredentials.set(key, credential);
     this.#reserved.set(key, (this.#reserved.get(key) ?? 0) + 1);
+    this.#reservedTotal += 1;
     let released = false;
     return () => {
       if (released) return;
       released = true;
+      this.#reservedTotal -= 1;
       const left = (this.#reserved.get(key) ?? 1) - 1;
-      if (left === 0) this.#reserved.delete(key);
-      else this.#reserved.set(key, left);
+      if (left === 0) {
+        this.#reserved.delete(key);
+        this.#reservedCredentials.delete(key);
+      } else this.#reserved.set(key, left);
     };
   }
 
+  /**
+   * Tunnels the responder holds now, idle and in use, plus those accepted and not yet registered:
+   * what `tunnel_listener.max_tunnels` is compared with, for the same reason as `tunnelsOf`.
+   */
+  totalTunnels(): number {
+    return this.size + this.#reservedTotal;
+  }
+
   /** Registers a socket that passed the handshake; its accepting response is already flushed. */
-  add(socket: Socket, handshake: AcceptedHandshake, leftover: Buffer, connectionId: number): void {
+  add(
+    socket: Socket,
+    handshake: AcceptedHandshake,
+    leftover: Buffer,
+    connectionId: number,
+    credential?: string,
+  ): void {
     if (this.#closed) {
       socket.destroy();
       return;
@@ -174,6 +225,7 @@ export class TunnelRegistry {
       initiatorConnectionId: handshake.initiatorConnectionId,
     };
     const node = this.#nodeFor(identity);
+    if (node.tunnels === 0) node.credential = credential;
     const cluster = this.#clusters.get(node.clusterKey) as ClusterEntry;
     const tunnel = new IdleTunnel(socket, {
       identity,
@@ -205,23 +257,41 @@ export class TunnelRegistry {
   /**
    * The node a host id names: a known cluster id picks one of its nodes round robin, preferring
    * nodes with a usable tunnel; anything else is taken as a node id. Under tenant isolation the
-   * tenant is part of the lookup.
+   * tenant is part of the lookup. Only nodes that `accept` takes are considered (a caller's
+   * allow-lists), so a cluster request goes to one of the nodes the caller may reach.
    */
-  resolve(hostId: string, tenantId = ''): NodeEntry | undefined {
+  resolve(
+    hostId: string,
+    tenantId = '',
+    accept: (node: NodeEntry) => boolean = () => true,
+  ): NodeEntry | undefined {
     const key = this.key(hostId, tenantId);
     const cluster = this.#clusters.get(key);
-    if (cluster === undefined || cluster.nodes.length === 0) return this.#nodes.get(key);
+    if (cluster === undefined || cluster.nodes.length === 0) {
+      const node = this.#nodes.get(key);
+      return node !== undefined && accept(node) ? node : undefined;
+    }
     const count = cluster.nodes.length;
+    let fallback: number | undefined;
     for (let i = 0; i < count; i += 1) {
-      const node = cluster.nodes[(cluster.cursor + i) % count] as NodeEntry;
+      const index = (cluster.cursor + i) % count;
+      const node = cluster.nodes[index] as NodeEntry;
+      if (!accept(node)) continue;
+      fallback ??= index;
       if (node.usable) {
-        cluster.cursor = (cluster.cursor + i + 1) % count;
+        cluster.cursor = (index + 1) % count;
         return node;
       }
     }
-    const first = cluster.nodes[cluster.cursor % count];
-    cluster.cursor = (cluster.cursor + 1) % count;
-    return first;
+    if (fallback === undefined) return undefined;
+    cluster.cursor = (fallback + 1) % count;
+    return cluster.nodes[fallback];
+  }
+
+  /** True if a host id names a connected node or cluster (whatever a caller may reach). */
+  knows(hostId: string, tenantId = ''): boolean {
+    const key = this.key(hostId, tenantId);
+    return this.#nodes.has(key) || (this.#clusters.get(key)?.nodes.length ?? 0) > 0;
   }
 
   /**
@@ -310,6 +380,7 @@ export class TunnelRegistry {
     const cluster = this.#clusters.get(node.clusterKey) as ClusterEntry;
     const session = new TunnelSession(socket, {
       identity: idle.identity,
+      limits: this.#options.http2,
       onClose: (closed, error, closedLocally) => {
         removeFrom(node.sessions, closed);
         if (error !== undefined) {

@@ -4,6 +4,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { validateResponderConfig } from '../config/load.ts';
+import { assertSecure } from '../config/security.ts';
 import type { ResponderConfig, ResponderConfigInput } from '../config/schema.ts';
 import type { Identity } from '../protocol/handshake.ts';
 import type { HostPort } from '../shared/address.ts';
@@ -86,6 +87,7 @@ export class Responder extends EventEmitter<ResponderEvents> {
       pingIntervalMs: config.tunnel_listener.ping_interval,
       pingFailureThreshold: config.tunnel_listener.ping_failure_threshold,
       tenantIsolation: config.enable_tenant_isolation,
+      http2: config.http2,
       onEvent: (tunnel, event) => this.#onTunnelEvent(tunnel, event),
     });
     this.#tunnelListener = new TunnelListener({
@@ -93,9 +95,11 @@ export class Responder extends EventEmitter<ResponderEvents> {
       stats: this.stats,
       logger,
       tunnelsOf: (identity) => this.#registry.tunnelsOf(identity),
-      reserve: (identity) => this.#registry.reserve(identity),
-      onAccepted: (socket, handshake, leftover, connectionId) =>
-        this.#registry.add(socket, handshake, leftover, connectionId),
+      totalTunnels: () => this.#registry.totalTunnels(),
+      conflictOf: (identity, credential) => this.#registry.conflictOf(identity, credential),
+      reserve: (identity, credential) => this.#registry.reserve(identity, credential),
+      onAccepted: (socket, handshake, leftover, connectionId, credential) =>
+        this.#registry.add(socket, handshake, leftover, connectionId, credential),
     });
     this.#egress = config.egress_listeners.map(
       (egress, index) =>
@@ -103,6 +107,7 @@ export class Responder extends EventEmitter<ResponderEvents> {
           config: egress,
           registry: this.#registry,
           tenantIsolation: config.enable_tenant_isolation,
+          identityHeaderPrefix: config.tunnel_listener.header_prefix,
           stats: this.stats,
           logger,
           index,
@@ -199,5 +204,7 @@ export async function startResponder(
   input: ResponderConfigInput | ResponderConfig,
   options: StartOptions = {},
 ): Promise<Responder> {
-  return startOrClose(new Responder(validateResponderConfig(input), options));
+  const config = validateResponderConfig(input);
+  assertSecure('responder', config);
+  return startOrClose(new Responder(config, options));
 }

@@ -10,9 +10,12 @@ import http2, {
 } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { Identity } from '../protocol/handshake.ts';
+import { http2SessionOptions, type Http2LimitsConfig } from '../shared/http2-limits.ts';
 
 export interface TunnelSessionOptions {
   readonly identity: Identity;
+  /** The session's HTTP/2 limits (the responder's `http2` config). */
+  readonly limits: Http2LimitsConfig;
   /** Called once when the session and its socket are gone; `closedLocally` if revtun closed it. */
   readonly onClose: (
     session: TunnelSession,
@@ -50,8 +53,10 @@ export class TunnelSession {
     });
     socket.setNoDelay(true);
     this.#session = http2.connect(`http://${options.identity.nodeId}`, {
+      ...http2SessionOptions(options.limits),
+      // The initiator is the HTTP/2 server: with push off, it may reserve no streams at all.
+      maxReservedRemoteStreams: 0,
       createConnection: () => socket,
-      settings: { enablePush: false },
     });
     this.#session.on('error', (error: Error) => {
       this.#error = error;

@@ -15,10 +15,12 @@ export const errorCatalogue = {
   ERR_NO_HOST_ID: { status: 400, summary: 'the request names no node or cluster' },
   ERR_NO_TUNNEL: { status: 503, summary: 'no tunnel is available for the host id' },
   ERR_TUNNEL_BUSY: { status: 503, summary: 'every tunnel to the node is at its stream limit' },
+  ERR_BODY_TOO_LARGE: { status: 413, summary: 'the request body is larger than max_body_bytes' },
   ERR_TUNNEL_FAILED: { status: 502, summary: 'the tunnel failed before the response started' },
   ERR_LOCAL_SERVICE: { status: 502, summary: 'the local service failed' },
   ERR_CLOSED: { status: 503, summary: 'shutting down' },
   ERR_SCRIPT: { status: 500, summary: 'the request script failed' },
+  ERR_INSECURE: { status: 500, summary: 'the configuration is insecure' },
 } as const satisfies Record<string, { status: number; summary: string }>;
 
 export type ErrorCode = keyof typeof errorCatalogue;

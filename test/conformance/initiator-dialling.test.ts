@@ -186,6 +186,8 @@ describe('state gauges and handshake counters', () => {
       cluster_id: 'c1',
       tenant_id: 't1',
       enable_detailed_stats: true,
+      // A name beyond loopback, and no tls: refused as insecure without this.
+      allow_insecure: true,
       remote_clusters: [{ name: 'upstream-cluster', hosts: ['nonexistent.invalid:9000'] }],
       local_routes: [{ prefix: '/', target: 'http://127.0.0.1:1' }],
     });

@@ -18,6 +18,7 @@ import {
   responderHelp,
   sandboxHelp,
 } from '../../src/cli/help.ts';
+import { readSandboxFile } from '../helpers/envoy-sandbox.ts';
 import { request, type Reply } from '../helpers/http.ts';
 import {
   assertStopsCleanly,
@@ -427,3 +428,335 @@ describe('the quick start: demo service, responder and initiator as three proces
     await assertStopsCleanly(started, 'SIGTERM');
   });
 });
+
+describe(
+  'revtun refuses an insecure configuration, exiting 1 and saying what to change',
+  {
+    concurrency,
+  },
+  () => {
+    const allowHint =
+      'To accept the risk (a trusted network, a test), set allow_insecure: true (on the command line: --allow-insecure).';
+    const flagsHint =
+      'The quick-start flags cannot set tls, auth, callers or admin.token_file; put them in a --config FILE (see docs/security.md).';
+    let directory: string;
+
+    before(async () => {
+      directory = await mkdtemp(path.join(os.tmpdir(), 'revtun-cli-insecure-'));
+    });
+
+    after(async () => {
+      await rm(directory, { recursive: true, force: true });
+    });
+
+    const refusal = (role: string, problems: readonly string[], fromFlags = true) =>
+      [
+        `revtun ${role}: refusing to start an insecure ${role} (${problems.length} problem${problems.length === 1 ? '' : 's'}):`,
+        ...problems.map((problem) => `  ${problem}`),
+        allowHint,
+        ...(fromFlags ? [flagsHint] : []),
+        '',
+      ].join('\n');
+
+    const cases: Array<[string, string[], string, string[]]> = [
+      [
+        'a tunnel listener on 0.0.0.0 with neither tls nor auth',
+        ['responder', '--tunnel-listen', '0', '--egress-listen', '127.0.0.1:0'],
+        'responder',
+        [
+          'tunnel_listener.address 0.0.0.0:0 is reachable from other hosts and the listener has neither tls nor auth: any initiator could claim any node id and receive its traffic. Set tunnel_listener.auth (and tunnel_listener.tls), or bind it to loopback.',
+        ],
+      ],
+      [
+        'an egress listener on [::] without callers',
+        ['responder', '--tunnel-listen', '127.0.0.1:0', '--egress-listen', '[::]:0'],
+        'responder',
+        [
+          'egress_listeners[0].address [::]:0 is reachable from other hosts and the listener has no callers: anyone who reaches it could send requests to every node. Set egress_listeners[0].callers, or bind it to loopback.',
+        ],
+      ],
+      [
+        'an admin server on 0.0.0.0 without token_file',
+        [
+          'responder',
+          '--tunnel-listen',
+          '127.0.0.1:0',
+          '--egress-listen',
+          '127.0.0.1:0',
+          '--admin-listen',
+          '0.0.0.0:0',
+        ],
+        'responder',
+        [
+          'admin.address 0.0.0.0:0 is reachable from other hosts and admin.token_file is not set: anyone who reaches it can read the stats. Set admin.token_file, or bind the admin server to loopback (e.g. 127.0.0.1:8889).',
+        ],
+      ],
+      [
+        'an initiator dialling a responder beyond loopback without tls',
+        [
+          'initiator',
+          '--node-id',
+          'n1',
+          '--cluster-id',
+          'c1',
+          '--tenant-id',
+          't1',
+          '--responder',
+          '192.0.2.10:9000',
+          '--route',
+          '/=http://127.0.0.1:8080',
+        ],
+        'initiator',
+        [
+          "remote_clusters[0].hosts[0] 192.0.2.10:9000 is beyond loopback and remote_clusters[0] (upstream-cluster) has no tls: the tunnel would carry the private service's traffic in cleartext. Set remote_clusters[0].tls.",
+        ],
+      ],
+    ];
+    for (const [name, args, role, problems] of cases) {
+      it(`refuses ${name}`, async () => {
+        const result = await runCli(args);
+        assert.equal(result.code, 1, result.stderr);
+        assert.equal(result.stderr, refusal(role, problems));
+        assert.equal(result.stdout, '');
+      });
+    }
+
+    it('refuses an insecure config file, listing every problem, without the flags hint', async () => {
+      const file = path.join(directory, 'responder.yaml');
+      await writeFile(
+        file,
+        [
+          'admin:',
+          '  address: 0.0.0.0:0',
+          'tunnel_listener:',
+          '  address: 0.0.0.0:0',
+          'egress_listeners:',
+          '  - address: 127.0.0.1:0',
+          '',
+        ].join('\n'),
+      );
+      const result = await runCli(['responder', '--config', file]);
+      assert.equal(result.code, 1, result.stderr);
+      assert.equal(
+        result.stderr,
+        refusal(
+          'responder',
+          [
+            'admin.address 0.0.0.0:0 is reachable from other hosts and admin.token_file is not set: anyone who reaches it can read the stats. Set admin.token_file, or bind the admin server to loopback (e.g. 127.0.0.1:8889).',
+            'tunnel_listener.address 0.0.0.0:0 is reachable from other hosts and the listener has neither tls nor auth: any initiator could claim any node id and receive its traffic. Set tunnel_listener.auth (and tunnel_listener.tls), or bind it to loopback.',
+          ],
+          false,
+        ),
+      );
+    });
+
+    it('starts with --allow-insecure, and logs no warning about it', async () => {
+      const responder = new TestProcess(
+        revtun(
+          'responder',
+          '--tunnel-listen',
+          '0.0.0.0:0',
+          '--egress-listen',
+          '127.0.0.1:0',
+          '--allow-insecure',
+          '--log-level',
+          'warn',
+        ),
+      );
+      try {
+        await responder.waitForStdout(/^ {2}tunnel listener 0\.0\.0\.0:\d+$/m);
+        await responder.waitForStdout(/^ {2}egress listener http:\/\/127\.0\.0\.1:\d+$/m);
+        await assertStopsCleanly([responder], 'SIGTERM');
+        assert.equal(responder.stderr.replace(/^revtun: SIGTERM, stopping.*\n/m, ''), '');
+      } finally {
+        await responder.stop();
+      }
+    });
+
+    const envoyHint =
+      'An Envoy bootstrap cannot set those keys (revtun translates no TLS transport_socket, jwt_validator or admin token yet), nor allow_insecure: use loopback addresses in the bootstrap, or run revtun envoy --allow-insecure on a network you trust.';
+    const envoyAdminProblem =
+      'admin.address 0.0.0.0:8888 is reachable from other hosts and admin.token_file is not set: anyone who reaches it can read the stats. Set admin.token_file, or bind the admin server to loopback (e.g. 127.0.0.1:8889).';
+    const sandboxBootstrap = (name: 'initiator-envoy.yaml' | 'responder-envoy.yaml') =>
+      path.join(repoRoot, 'test', 'fixtures', 'envoy', 'sandbox', name);
+
+    // Refused before anything binds or dials, so the bootstraps' fixed ports and host names do not
+    // matter here.
+    it("refuses Envoy's responder-envoy.yaml as it is (0.0.0.0), pointing at --allow-insecure", async () => {
+      const result = await runCli(['envoy', '-c', sandboxBootstrap('responder-envoy.yaml')]);
+      assert.equal(result.code, 1, result.stderr);
+      assert.equal(
+        result.stderr,
+        [
+          'revtun envoy: refusing to start an insecure responder (3 problems):',
+          `  ${envoyAdminProblem}`,
+          '  tunnel_listener.address 0.0.0.0:9000 is reachable from other hosts and the listener has neither tls nor auth: any initiator could claim any node id and receive its traffic. Set tunnel_listener.auth (and tunnel_listener.tls), or bind it to loopback.',
+          '  egress_listeners[0].address 0.0.0.0:8085 is reachable from other hosts and the listener has no callers: anyone who reaches it could send requests to every node. Set egress_listeners[0].callers, or bind it to loopback.',
+          allowHint,
+          envoyHint,
+          '',
+        ].join('\n'),
+      );
+      assert.equal(result.stdout, '');
+    });
+
+    it("refuses Envoy's initiator-envoy.yaml as it is (cleartext to upstream-envoy), pointing at --allow-insecure", async () => {
+      const result = await runCli(['envoy', '-c', sandboxBootstrap('initiator-envoy.yaml')]);
+      assert.equal(result.code, 1, result.stderr);
+      assert.equal(
+        result.stderr,
+        [
+          'revtun envoy: refusing to start an insecure initiator (2 problems):',
+          `  ${envoyAdminProblem}`,
+          "  remote_clusters[0].hosts[0] upstream-envoy:9000 is beyond loopback and remote_clusters[0] (upstream-cluster) has no tls: the tunnel would carry the private service's traffic in cleartext. Set remote_clusters[0].tls.",
+          allowHint,
+          envoyHint,
+          '',
+        ].join('\n'),
+      );
+      assert.equal(result.stdout, '');
+    });
+
+    it("starts Envoy's responder-envoy.yaml on 0.0.0.0 with --allow-insecure", async () => {
+      let bootstrap = readSandboxFile('responder-envoy.yaml');
+      for (const fixed of [9000, 8085, 8888]) {
+        assert.ok(bootstrap.includes(`port_value: ${fixed}\n`), `port ${fixed} in the bootstrap`);
+        bootstrap = bootstrap.replace(`port_value: ${fixed}\n`, 'port_value: 0\n');
+      }
+      const file = path.join(directory, 'responder-envoy.yaml');
+      await writeFile(file, bootstrap);
+      const responder = new TestProcess(
+        revtun('envoy', '-c', file, '--allow-insecure', '--log-level', 'warn'),
+      );
+      try {
+        await responder.waitForStdout(/^ {2}admin http:\/\/0\.0\.0\.0:\d+\/stats$/m);
+        assert.match(responder.stdout, /^ {2}tunnel listener 0\.0\.0\.0:\d+$/m);
+        assert.match(responder.stdout, /^ {2}egress listener http:\/\/0\.0\.0\.0:\d+$/m);
+        await assertStopsCleanly([responder], 'SIGTERM');
+        assert.equal(responder.stderr.replace(/^revtun: SIGTERM, stopping.*\n/m, ''), '');
+      } finally {
+        await responder.stop();
+      }
+    });
+
+    for (const command of [
+      ['responder', '--tunnel-listen', '127.0.0.1:0', '--egress-listen', '127.0.0.1:0'],
+      [
+        'initiator',
+        '--rc',
+        'rc://n1:c1:t1@upstream-cluster:1',
+        '--responder',
+        '127.0.0.1:9',
+        '--route',
+        '/=http://127.0.0.1:8080',
+      ],
+      ['sandbox', '--tunnel-port', '0', '--egress-port', '0'],
+    ]) {
+      it(`refuses to run ${command[0]} with NODE_TLS_REJECT_UNAUTHORIZED=0 in the environment`, async () => {
+        const result = await runToEnd(
+          ['env', 'NODE_TLS_REJECT_UNAUTHORIZED=0', ...revtun(...command)],
+          startDeadlineMs,
+        );
+        assert.equal(result.code, 1, result.stderr);
+        assert.equal(
+          result.stderr,
+          `revtun ${command[0]}: refusing to start: NODE_TLS_REJECT_UNAUTHORIZED=0 is set in the environment, which turns off certificate checks for every TLS connection; unset it (for a private CA, set remote_clusters[].tls.ca_file instead)\n`,
+        );
+        assert.equal(result.stdout, '');
+      });
+    }
+  },
+);
+
+describe(
+  'revtun refuses to start when a secret or key file cannot be read, in one line naming it',
+  {
+    concurrency,
+  },
+  () => {
+    let directory: string;
+
+    before(async () => {
+      directory = await mkdtemp(path.join(os.tmpdir(), 'revtun-cli-files-'));
+    });
+
+    after(async () => {
+      await rm(directory, { recursive: true, force: true });
+    });
+
+    /** Writes a config whose `key` names a file that does not exist, and runs it. */
+    async function runWithMissing(
+      role: 'initiator' | 'responder',
+      yaml: (missing: string) => string,
+    ) {
+      const missing = path.join(
+        directory,
+        `missing-${role}-${Math.random().toString(36).slice(2)}`,
+      );
+      const file = `${missing}.yaml`;
+      await writeFile(file, yaml(missing));
+      const result = await runCli([role, '--config', file]);
+      assert.equal(result.code, 1, result.stderr);
+      assert.equal(result.stdout, '');
+      const lines = result.stderr.split('\n');
+      assert.equal(lines.length, 2, `one line, then the end:\n${result.stderr}`);
+      assert.ok(lines[0]?.startsWith(`revtun ${role}: `), result.stderr);
+      assert.ok(lines[0]?.includes(missing), `the path is named:\n${result.stderr}`);
+      return lines[0] ?? '';
+    }
+
+    const responderYaml = (tunnel: string[], admin: string[] = []) =>
+      [
+        ...admin,
+        'tunnel_listener:',
+        '  address: 127.0.0.1:0',
+        ...tunnel.map((line) => `  ${line}`),
+        'egress_listeners:',
+        '  - address: 127.0.0.1:0',
+        '',
+      ].join('\n');
+
+    it('admin.token_file', async () => {
+      const line = await runWithMissing('responder', (missing) =>
+        responderYaml([], ['admin:', '  address: 127.0.0.1:0', `  token_file: ${missing}`]),
+      );
+      assert.match(line, /^revtun responder: cannot read admin\.token_file \S+: ENOENT: /);
+    });
+
+    it('tunnel_listener.tls.cert_file and key_file', async () => {
+      await runWithMissing('responder', (missing) =>
+        responderYaml(['tls:', `  cert_file: ${missing}`, `  key_file: ${missing}`]),
+      );
+    });
+
+    it('tunnel_listener.auth.jwt.jwks_file', async () => {
+      await runWithMissing('responder', (missing) =>
+        responderYaml([
+          'auth:',
+          '  jwt:',
+          '    issuer: https://issuer.example',
+          `    jwks_file: ${missing}`,
+        ]),
+      );
+    });
+
+    it('remote_clusters[].tls.ca_file', async () => {
+      await runWithMissing('initiator', (missing) =>
+        [
+          'node_id: n1',
+          'cluster_id: c1',
+          'tenant_id: t1',
+          'remote_clusters:',
+          '  - name: upstream-cluster',
+          '    hosts: [127.0.0.1:9]',
+          '    tls:',
+          `      ca_file: ${missing}`,
+          'local_routes:',
+          '  - prefix: /',
+          '    target: http://127.0.0.1:8080',
+          '',
+        ].join('\n'),
+      );
+    });
+  },
+);

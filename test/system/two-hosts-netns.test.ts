@@ -48,6 +48,9 @@ describe('an initiator and a responder on two hosts (network namespaces joined b
       '10.213.0.1:9000',
       '--route',
       '/=http://127.0.0.1:18080',
+      // A cleartext tunnel to 10.213.0.1 (beyond loopback) is refused without it; the veth pair
+      // between two namespaces of this machine is the trusted network the flag is for.
+      '--allow-insecure',
     );
     await initiator.waitForStdout('  local route / → http://127.0.0.1:18080\n');
   };
@@ -95,6 +98,8 @@ describe('an initiator and a responder on two hosts (network namespaces joined b
       '127.0.0.1:8085',
       '--admin-listen',
       '8889',
+      // The tunnel listener on 10.213.0.1 takes no credentials: refused without it.
+      '--allow-insecure',
     );
     await demo.waitForStdout('revtun demo service on http://127.0.0.1:18080\n');
     await responder.waitForStdout('  admin http://127.0.0.1:8889/stats\n');
