@@ -20,7 +20,6 @@
  * nor, on a listener with callers, `authorization`. A header a request script reads to compute a
  * host id (the sandbox's x-node-id → x-computed-host-id) is the script's to remove.
  */
-import { readFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import http2, { type ClientHttp2Stream, type OutgoingHttpHeaders } from 'node:http2';
 import https from 'node:https';
@@ -38,6 +37,7 @@ import { findRoute, pathOf } from '../shared/route-match.ts';
 import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { StatsRegistry } from '../shared/stats.ts';
+import { loadServerTls } from '../shared/tls-files.ts';
 import {
   EgressCallers,
   mayReach,
@@ -181,23 +181,10 @@ export class EgressListener {
    * and authenticates by token, or gets a 401 that says why, instead of a bare TLS alert.
    */
   async #tlsOptions(tls: NonNullable<EgressListenerConfig['tls']>): Promise<https.ServerOptions> {
-    const read = async (file: string, key: string): Promise<Buffer> => {
-      try {
-        return await readFile(file);
-      } catch (error) {
-        throw this.#listenError(`cannot read tls.${key} ${file}: ${describeError(error)}`, error);
-      }
-    };
-    const [cert, key, ca] = await Promise.all([
-      read(tls.cert_file, 'cert_file'),
-      read(tls.key_file, 'key_file'),
-      tls.client_ca_file === undefined ? undefined : read(tls.client_ca_file, 'client_ca_file'),
-    ]);
-    const options: https.ServerOptions = { cert, key, minVersion: tls.min_version };
-    if (ca === undefined) return options;
+    const loaded = await loadServerTls(tls, `egress_listeners[${this.#options.index}].tls`);
+    if (!loaded.requireClientCertificate) return loaded.options;
     return {
-      ...options,
-      ca,
+      ...loaded.options,
       requestCert: true,
       rejectUnauthorized: !(this.#callers?.hasTokenCallers ?? false),
     };

@@ -552,9 +552,9 @@ describe('callers by client certificate, over HTTPS', () => {
       (error: Error) => {
         assert.match(
           error.message,
-          /for egress listener 0: cannot read tls\.cert_file .*missing\.pem/,
+          /^cannot read egress_listeners\[0\]\.tls\.cert_file .*missing\.pem: /,
         );
-        assert.equal((error as Error & { code?: string }).code, 'ERR_LISTEN');
+        assert.equal((error as Error & { code?: string }).code, 'ERR_CONFIG_READ');
         return true;
       },
     );
