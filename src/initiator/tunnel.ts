@@ -17,10 +17,18 @@ import http2, {
 } from 'node:http2';
 import type { Socket } from 'node:net';
 import { RPING, RpingInterceptor } from '../protocol/rping.ts';
+import { keepAlive } from '../shared/http2-keepalive.ts';
 import { http2SessionOptions, type Http2LimitsConfig } from '../shared/http2-limits.ts';
 
 export type TunnelCloseReason =
-  'peer_close' | 'read_error' | 'rping_flood' | 'rapid_reset' | 'http2_closed' | 'local_close';
+  | 'peer_close'
+  | 'read_error'
+  | 'rping_flood'
+  | 'rapid_reset'
+  /** A PING on the HTTP/2 session went unacknowledged: the responder or the link is gone. */
+  | 'http2_keepalive_timeout'
+  | 'http2_closed'
+  | 'local_close';
 
 /**
  * Streams the responder may reset before they are answered: a burst, then a rate per second. Below
@@ -117,6 +125,14 @@ export class InitiatorTunnel {
       // Followed by 'close', which reports the end of the tunnel.
     });
     session.on('stream', this.#options.onStream);
+    keepAlive(session, {
+      intervalMs: this.#options.limits.ping_interval,
+      timeoutMs: this.#options.limits.ping_timeout,
+      onTimeout: () => {
+        session.destroy();
+        this.#finish('http2_keepalive_timeout');
+      },
+    });
     session.on('stream', (stream: ServerHttp2Stream) => {
       stream.once('close', () => {
         if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && !stream.headersSent) {

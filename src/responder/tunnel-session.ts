@@ -10,12 +10,17 @@ import http2, {
 } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { Identity } from '../protocol/handshake.ts';
+import { keepAlive } from '../shared/http2-keepalive.ts';
 import { http2SessionOptions, type Http2LimitsConfig } from '../shared/http2-limits.ts';
 
 export interface TunnelSessionOptions {
   readonly identity: Identity;
   /** The session's HTTP/2 limits (the responder's `http2` config). */
   readonly limits: Http2LimitsConfig;
+  /** Called each time one of its streams closes (a place for another stream). */
+  readonly onStreamClosed?: () => void;
+  /** Called with the round trip of each acknowledged keepalive PING, ms. */
+  readonly onPingAck?: (ms: number) => void;
   /** Called once when the session and its socket are gone; `closedLocally` if revtun closed it. */
   readonly onClose: (
     session: TunnelSession,
@@ -43,6 +48,7 @@ export class TunnelSession {
   #closed = false;
   #error: Error | undefined;
   #peerLimit: number | undefined;
+  #keepaliveTimedOut = false;
 
   constructor(socket: Socket, options: TunnelSessionOptions) {
     this.identity = options.identity;
@@ -70,6 +76,20 @@ export class TunnelSession {
       this.#draining = true;
       this.#closeWhenIdle();
     });
+    keepAlive(this.#session, {
+      intervalMs: options.limits.ping_interval,
+      timeoutMs: options.limits.ping_timeout,
+      ...(options.onPingAck === undefined ? {} : { onRoundTrip: options.onPingAck }),
+      onTimeout: () => {
+        // The initiator or the link is gone: fail the streams now rather than when TCP gives up.
+        this.#keepaliveTimedOut = true;
+        this.#draining = true;
+        this.#session.destroy(
+          new Error(`no HTTP/2 PING acknowledgement within ${options.limits.ping_timeout} ms`),
+        );
+        socket.destroy();
+      },
+    });
     this.#session.on('close', () => {
       this.#draining = true;
       if (this.#closed) return;
@@ -91,6 +111,11 @@ export class TunnelSession {
     return this.#closed;
   }
 
+  /** True if the session was closed because a PING went unacknowledged. */
+  get keepaliveTimedOut(): boolean {
+    return this.#keepaliveTimedOut;
+  }
+
   /** Opens a stream; the session counts it until it closes. */
   request(headers: OutgoingHttpHeaders, options: { endStream: boolean }): ClientHttp2Stream {
     const stream = this.#session.request(headers, { endStream: options.endStream });
@@ -101,6 +126,7 @@ export class TunnelSession {
     stream.once('close', () => {
       this.#inFlight -= 1;
       if (this.#draining) this.#closeWhenIdle();
+      else this.#options.onStreamClosed?.();
     });
     return stream;
   }

@@ -16,6 +16,10 @@ export interface Http2LimitsConfig {
   readonly max_invalid_frames: number;
   /** Streams refused before the session is closed (Node's maxSessionRejectedStreams). */
   readonly max_rejected_streams: number;
+  /** A PING this often, ms (shared/http2-keepalive.ts). */
+  readonly ping_interval: number;
+  /** …acknowledged within this, ms, or the session is closed. */
+  readonly ping_timeout: number;
 }
 
 /**

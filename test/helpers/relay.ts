@@ -1,6 +1,6 @@
 /**
- * A TCP relay between an initiator and a responder that can stop passing the initiator's bytes:
- * the path looks alive to the initiator while its echoes never reach the responder.
+ * A TCP relay between an initiator and a responder that can stop passing bytes in either
+ * direction without closing anything: the path looks alive to both ends (a black-holed link).
  */
 import net, { type Socket } from 'node:net';
 import type { HostPort } from '../../src/shared/address.ts';
@@ -10,6 +10,8 @@ export class Relay {
   readonly #sockets = new Set<Socket>();
   /** While true, bytes from the initiator are dropped. */
   dropFromInitiator = false;
+  /** While true, bytes from the responder are dropped. */
+  dropFromResponder = false;
   address: HostPort = { host: '127.0.0.1', port: 0 };
 
   constructor(target: HostPort) {
@@ -27,7 +29,9 @@ export class Relay {
       inbound.on('data', (chunk: Buffer) => {
         if (!this.dropFromInitiator) outbound.write(chunk);
       });
-      outbound.pipe(inbound);
+      outbound.on('data', (chunk: Buffer) => {
+        if (!this.dropFromResponder) inbound.write(chunk);
+      });
     });
   }
 
@@ -35,6 +39,12 @@ export class Relay {
     await new Promise<void>((resolve) => this.#server.listen(0, '127.0.0.1', resolve));
     this.address = { host: '127.0.0.1', port: (this.#server.address() as net.AddressInfo).port };
     return this;
+  }
+
+  /** Drops every byte both ways from now on, on every connection (new ones too). */
+  blackHole(): void {
+    this.dropFromInitiator = true;
+    this.dropFromResponder = true;
   }
 
   async close(): Promise<void> {
