@@ -138,6 +138,8 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
         max_session_memory: 10,
         max_invalid_frames: 1000,
         max_rejected_streams: 100,
+        ping_interval: 5000,
+        ping_timeout: 3000,
       },
       allow_insecure: false,
       remote_clusters: [
@@ -145,6 +147,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
           name: 'upstream-cluster',
           hosts: [{ host: 'upstream-envoy', port: 9000 }],
           tunnels_per_host: 1,
+          resolve_interval: 30_000,
         },
       ],
       local_routes: [
@@ -184,11 +187,14 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
       enable_tenant_isolation: false,
       // Schema defaults the bootstrap has no field for.
       allow_insecure: false,
+      pending_requests: { max_per_node: 1024, timeout: 5000 },
       http2: {
         max_header_list_size: 65_536,
         max_session_memory: 10,
         max_invalid_frames: 1000,
         max_rejected_streams: 100,
+        ping_interval: 5000,
+        ping_timeout: 3000,
       },
       admin: { address: { host: '0.0.0.0', port: 8888 }, access_log: { path: '/dev/stdout' } },
       tunnel_listener: {
@@ -216,6 +222,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
           routes: [{ prefix: '/downstream_service', cluster: 'reverse_connection_cluster' }],
           request_timeout: 300_000,
           headers_timeout: 60_000,
+          response_timeout: 60_000,
           max_header_bytes: 16_384,
           refused_status: 403,
         },

@@ -224,10 +224,17 @@ describe('parseConfigText', () => {
         max_session_memory: 10,
         max_invalid_frames: 1000,
         max_rejected_streams: 100,
+        ping_interval: 5000,
+        ping_timeout: 3000,
       },
       allow_insecure: false,
       remote_clusters: [
-        { name: 'r', hosts: [{ host: '127.0.0.1', port: 9000 }], tunnels_per_host: 1 },
+        {
+          name: 'r',
+          hosts: [{ host: '127.0.0.1', port: 9000 }],
+          tunnels_per_host: 1,
+          resolve_interval: 30_000,
+        },
       ],
       local_routes: [
         {
@@ -247,11 +254,14 @@ describe('parseConfigText', () => {
       stat_prefix: 'reverse_tunnel_acceptor',
       enable_tenant_isolation: false,
       allow_insecure: false,
+      pending_requests: { max_per_node: 1024, timeout: 5000 },
       http2: {
         max_header_list_size: 65_536,
         max_session_memory: 10,
         max_invalid_frames: 1000,
         max_rejected_streams: 100,
+        ping_interval: 5000,
+        ping_timeout: 3000,
       },
       tunnel_listener: {
         address: { host: '0.0.0.0', port: 9000 },
@@ -274,6 +284,7 @@ describe('parseConfigText', () => {
           stat_prefix: 'egress',
           no_host_id_status: 400,
           headers_timeout: 60_000,
+          response_timeout: 60_000,
           max_header_bytes: 16_384,
           refused_status: 403,
           host_id_headers: ['x-node-id', 'x-remote-node-id', 'x-cluster-id', 'x-dst-cluster-uuid'],
@@ -315,6 +326,8 @@ describe('parseConfigText', () => {
         max_session_memory: 64,
         max_invalid_frames: 0,
         max_rejected_streams: 5,
+        ping_interval: 750,
+        ping_timeout: 250,
       },
       allow_insecure: true,
       remote_clusters: [
@@ -325,6 +338,7 @@ describe('parseConfigText', () => {
             { host: '10.0.0.2', port: 9000 },
           ],
           tunnels_per_host: 4,
+          resolve_interval: 10_000,
           tls: {
             ca_file: '/etc/revtun/ca.pem',
             server_name: 'gateway.example.com',
@@ -361,11 +375,14 @@ describe('parseConfigText', () => {
       stat_prefix: 'edge_acceptor',
       enable_tenant_isolation: true,
       allow_insecure: true,
+      pending_requests: { max_per_node: 7, timeout: 250 },
       http2: {
         max_header_list_size: 2048,
         max_session_memory: 32,
         max_invalid_frames: 10,
         max_rejected_streams: 0,
+        ping_interval: 9000,
+        ping_timeout: 4000,
       },
       admin: {
         address: { host: '::1', port: 8889 },
@@ -440,6 +457,7 @@ describe('parseConfigText', () => {
           ],
           request_timeout: 3_600_000,
           headers_timeout: 5000,
+          response_timeout: 90_000,
           max_header_bytes: 4096,
           max_body_bytes: 1_048_576,
           tls: {

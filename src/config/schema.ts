@@ -232,6 +232,13 @@ const http2Limits = z.strictObject({
   max_invalid_frames: z.int().min(0).max(100_000).default(1000),
   /** Streams refused before the session is closed (Node's maxSessionRejectedStreams). */
   max_rejected_streams: z.int().min(0).max(100_000).default(100),
+  /**
+   * Liveness of a tunnel that carries HTTP/2: a PING this often (plus 0–15 % jitter), which must
+   * be acknowledged within `ping_timeout`, or the tunnel is closed (`http2_keepalive_timeout`) and
+   * its streams fail. A dead link is found within interval + timeout.
+   */
+  ping_interval: duration(100, 3_600_000).prefault('5s'),
+  ping_timeout: duration(100, 600_000).prefault('3s'),
 });
 
 export const initiatorSchema = z.strictObject({
@@ -284,6 +291,12 @@ export const initiatorSchema = z.strictObject({
         hosts: z.array(dialAddress).min(1),
         /** Tunnels kept open to each host. 0 dials nothing. */
         tunnels_per_host: z.int().min(0).max(1024).default(1),
+        /**
+         * How often a host given by name is resolved again (every address is a host with its own
+         * `tunnels_per_host` tunnels; new addresses are dialled, vanished ones drained). From the
+         * end of one resolution to the next; default 30 s, 1 s to 24 h. IP literals never resolve.
+         */
+        resolve_interval: duration(1000, 86_400_000).prefault('30s'),
         /**
          * TLS to these hosts, kept for the whole tunnel (RPING and HTTP/2 run inside it). Without
          * it the tunnel is cleartext TCP, which only loopback may carry unless allow_insecure.
@@ -360,6 +373,16 @@ export const responderSchema = z
     /** Starts even with a listener beyond loopback that takes no credentials. */
     allow_insecure: z.boolean().default(false),
     http2: http2Limits.prefault({}),
+    /**
+     * Requests for a node whose tunnels are all at their stream limit wait in a queue per node, at
+     * most `max_per_node` of them and for at most `timeout`; beyond either, 503 with Retry-After.
+     */
+    pending_requests: z
+      .strictObject({
+        max_per_node: z.int().min(0).max(1_000_000).default(1024),
+        timeout: duration(0, 300_000).prefault('5s'),
+      })
+      .prefault({}),
     admin: admin.optional(),
     lifecycle_log: lifecycleLog.optional(),
     tunnel_listener: z.strictObject({
@@ -497,6 +520,12 @@ export const responderSchema = z
           request_timeout: duration(1000, 3_600_000).prefault('300s'),
           /** How long a caller may take to send its headers (Node's headersTimeout). */
           headers_timeout: duration(1000, 300_000).prefault('60s'),
+          /**
+           * How long the initiator may take to send the response headers once the request is on
+           * the tunnel; after it the caller gets 504 and the stream is reset. A response that has
+           * begun may stream for as long as it likes.
+           */
+          response_timeout: duration(100, 3_600_000).prefault('60s'),
           /** Largest request head, bytes; beyond it 431. */
           max_header_bytes: z
             .int()

@@ -316,7 +316,9 @@ export class EgressListener {
     } catch (error) {
       if (!isRevtunError(error)) throw error;
       stats.counter(`${cluster}.upstream_cx_connect_fail`).inc();
-      reply(response, error.status, `${error.message} (host id ${hostId})`);
+      // Busy is a moment's overload: say when to come back, as a 503 should (RFC 9110 §10.2.3).
+      const retry = isRevtunError(error, 'ERR_TUNNEL_BUSY') ? { 'retry-after': '1' } : {};
+      reply(response, error.status, `${error.message} (host id ${hostId})`, retry);
       return;
     }
     stats.counter(`${cluster}.upstream_rq_total`).inc();
@@ -328,6 +330,7 @@ export class EgressListener {
       session,
       logger,
       maxBodyBytes: config.max_body_bytes,
+      responseTimeoutMs: config.response_timeout,
     });
   }
 
@@ -563,6 +566,8 @@ interface ForwardOptions {
   readonly session: TunnelSession;
   readonly logger: Logger;
   readonly maxBodyBytes: number | undefined;
+  /** The deadline for the response headers (504 after it). */
+  readonly responseTimeoutMs: number;
 }
 
 /** HTTP/1.1 request → HTTP/2 stream on the tunnel, and the response back. */
@@ -583,6 +588,14 @@ async function forward(options: ForwardOptions): Promise<void> {
   const receivedEndStream = watchEndStream(stream);
   let responded = false;
   let tooLarge = false;
+  let timedOut = false;
+  // The response headers are due within response_timeout; the reset makes responseOf reject.
+  const responseDeadline = setTimeout(() => {
+    timedOut = true;
+    resetStream(stream, http2.constants.NGHTTP2_CANCEL, 'no response within response_timeout');
+  }, options.responseTimeoutMs);
+  stream.once('response', () => clearTimeout(responseDeadline));
+  stream.once('close', () => clearTimeout(responseDeadline));
   // The caller went away, or its upload is still going when the response is complete: reset the
   // stream so the initiator stops too, without ever marking a partial upload complete. A complete
   // exchange is left alone: nghttp2 closes the stream by itself, and a reset for every request
@@ -636,6 +649,12 @@ async function forward(options: ForwardOptions): Promise<void> {
       response.destroy();
     } else if (tooLarge) {
       bodyTooLarge(response, options.maxBodyBytes ?? 0);
+    } else if (timedOut) {
+      reply(
+        response,
+        504,
+        `node ${session.identity.nodeId} did not answer within ${options.responseTimeoutMs} ms (response_timeout)`,
+      );
     } else {
       reply(
         response,

@@ -12,14 +12,19 @@
  */
 import type { Socket } from 'node:net';
 import type { AcceptedHandshake, Identity } from '../protocol/handshake.ts';
-import { RevtunError } from '../shared/errors.ts';
+import { isRevtunError, RevtunError } from '../shared/errors.ts';
 import type { Http2LimitsConfig } from '../shared/http2-limits.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { Gauge, StatsRegistry } from '../shared/stats.ts';
 import { IdleTunnel, type IdleCloseReason, type IdlePingEvent } from './idle-tunnel.ts';
 import { TunnelSession } from './tunnel-session.ts';
 
-export type TunnelCloseReason = IdleCloseReason | 'remote_close' | 'local_close';
+export type TunnelCloseReason =
+  | IdleCloseReason
+  | 'remote_close'
+  | 'local_close'
+  /** An in-use tunnel's HTTP/2 PING went unacknowledged (Envoy logs the same name). */
+  | 'http2_keepalive_timeout';
 
 /** One registered tunnel, as lifecycle records describe it (reference §10 fields). */
 export interface TunnelInfo {
@@ -55,7 +60,11 @@ export interface RegistryOptions {
   readonly tenantIsolation: boolean;
   /** HTTP/2 limits of every session on a checked-out tunnel. */
   readonly http2: Http2LimitsConfig;
+  /** The wait for a stream when every tunnel to the node is at its limit. */
+  readonly pendingRequests: { readonly max_per_node: number; readonly timeout: number };
   readonly onEvent: (tunnel: TunnelInfo, event: TunnelEvent) => void;
+  /** Each acknowledged keepalive PING on a tunnel in use, with its round trip, ms. */
+  readonly onPingAck?: (tunnel: TunnelInfo, ms: number) => void;
 }
 
 export class NodeEntry {
@@ -74,6 +83,13 @@ export class NodeEntry {
   readonly gauges: Gauge[];
   /** A checkout in progress, which requests arriving meanwhile wait for rather than start another. */
   opening: Promise<TunnelSession | null> | undefined;
+  /** Requests waiting for a place on a tunnel, first come first served. */
+  readonly waiting: Array<() => void> = [];
+
+  /** Lets the longest-waiting request try again: a stream closed or a tunnel arrived. */
+  wakeOne(): void {
+    this.waiting.shift()?.();
+  }
 
   constructor(identity: Identity, keys: { node: string; cluster: string }, gauges: Gauge[]) {
     this.nodeId = identity.nodeId;
@@ -248,6 +264,7 @@ export class TunnelRegistry {
     });
     this.#infos.set(tunnel, info);
     node.idle.push(tunnel);
+    node.wakeOne();
     node.tunnels += 1;
     for (const gauge of [...node.gauges, ...cluster.gauges]) gauge.inc();
     this.#options.onEvent(info, { event: 'tunnel_setup', socketState: 'idle' });
@@ -296,9 +313,35 @@ export class TunnelRegistry {
 
   /**
    * A session to send a stream to the node on: its least-loaded live session with room, or a new
-   * one on a checked-out idle tunnel. Throws ERR_NO_TUNNEL or ERR_TUNNEL_BUSY.
+   * one on a checked-out idle tunnel. When every tunnel to the node is at its stream limit, the
+   * request waits its turn (bounded in number and time, `pending_requests`) for a stream to close
+   * or a tunnel to arrive. Throws ERR_NO_TUNNEL, or ERR_TUNNEL_BUSY after the wait.
    */
   async acquire(node: NodeEntry): Promise<TunnelSession> {
+    const { max_per_node: maxWaiting, timeout } = this.#options.pendingRequests;
+    const deadline = Date.now() + timeout;
+    for (;;) {
+      try {
+        return await this.#acquireNow(node);
+      } catch (error) {
+        if (!isRevtunError(error, 'ERR_TUNNEL_BUSY')) throw error;
+        const left = deadline - Date.now();
+        if (left <= 0 || node.waiting.length >= maxWaiting || this.#closed) throw error;
+        const pending = this.#options.stats.gauge(`${this.#options.statPrefix}.pending_requests`);
+        pending.inc();
+        const woken = await waitTurn(node, left);
+        pending.dec();
+        if (!woken) {
+          throw new RevtunError(
+            'ERR_TUNNEL_BUSY',
+            `every tunnel to node ${node.nodeId} stayed at its stream limit for ${timeout} ms`,
+          );
+        }
+      }
+    }
+  }
+
+  async #acquireNow(node: NodeEntry): Promise<TunnelSession> {
     // Each pass returns, or waits for one checkout (its own, which uses up an idle tunnel, or one
     // already in progress), so the passes are bounded by the node's idle tunnels plus one.
     const passes = node.idle.length + 2;
@@ -348,6 +391,8 @@ export class TunnelRegistry {
     for (const node of this.#nodes.values()) {
       for (const tunnel of [...node.idle]) tunnel.close();
       for (const session of node.sessions) session.close();
+      // Waiting requests try once more, and get their answer now rather than at their deadline.
+      for (const wake of node.waiting.splice(0)) wake();
     }
   }
 
@@ -381,6 +426,8 @@ export class TunnelRegistry {
     const session = new TunnelSession(socket, {
       identity: idle.identity,
       limits: this.#options.http2,
+      onStreamClosed: () => node.wakeOne(),
+      onPingAck: (ms) => this.#options.onPingAck?.(info, ms),
       onClose: (closed, error, closedLocally) => {
         removeFrom(node.sessions, closed);
         if (error !== undefined) {
@@ -391,7 +438,11 @@ export class TunnelRegistry {
           cluster,
           info,
           'in_use',
-          closedLocally ? 'local_close' : 'remote_close',
+          closed.keepaliveTimedOut
+            ? 'http2_keepalive_timeout'
+            : closedLocally
+              ? 'local_close'
+              : 'remote_close',
         );
       },
     });
@@ -477,4 +528,19 @@ export class TunnelRegistry {
 function removeFrom<T>(list: T[], item: T): void {
   const index = list.indexOf(item);
   if (index >= 0) list.splice(index, 1);
+}
+
+/** Waits in the node's queue until woken (true) or for `ms` (false, and out of the queue). */
+function waitTurn(node: NodeEntry, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const wake = () => {
+      clearTimeout(timer);
+      resolve(true);
+    };
+    const timer = setTimeout(() => {
+      removeFrom(node.waiting, wake);
+      resolve(false);
+    }, ms);
+    node.waiting.push(wake);
+  });
 }

@@ -48,6 +48,8 @@ export interface ResponderEvents {
   tunnel_setup: [identity: Identity];
   socket_handoff: [identity: Identity];
   tunnel_closed: [identity: Identity, reason: TunnelCloseReason];
+  /** A keepalive PING on a tunnel in use was acknowledged after `ms`. */
+  http2_ping_ack: [identity: Identity, ms: number];
   lifecycle: [record: LifecycleRecord];
 }
 
@@ -88,7 +90,9 @@ export class Responder extends EventEmitter<ResponderEvents> {
       pingFailureThreshold: config.tunnel_listener.ping_failure_threshold,
       tenantIsolation: config.enable_tenant_isolation,
       http2: config.http2,
+      pendingRequests: config.pending_requests,
       onEvent: (tunnel, event) => this.#onTunnelEvent(tunnel, event),
+      onPingAck: (tunnel, ms) => this.emit('http2_ping_ack', tunnel.identity, ms),
     });
     this.#tunnelListener = new TunnelListener({
       config: config.tunnel_listener,
