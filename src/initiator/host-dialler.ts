@@ -27,7 +27,7 @@ import { Backoff } from '../shared/backoff.ts';
 import { describeError } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { StatsRegistry } from '../shared/stats.ts';
-import { loadClientTls, type ClientTls, type ClientTlsFiles } from '../shared/tls-files.ts';
+import type { ClientTls } from '../shared/tls-files.ts';
 import { StateGauges, type SlotState } from './state-gauges.ts';
 import { InitiatorTunnel, type InitiatorTunnelOptions, type TunnelCloseReason } from './tunnel.ts';
 
@@ -48,7 +48,13 @@ export type DiallerEvent =
 
 export interface HostDiallerOptions {
   readonly cluster: string;
+  /** Where to dial; its `host:port` names the host in stats, logs and the `host` header. */
   readonly host: HostPort;
+  /**
+   * The configured name `host` was resolved from (HostResolver), for TLS: SNI and the certificate
+   * check use it. Absent when `host` is the configured entry itself.
+   */
+  readonly serverName?: string | undefined;
   readonly tunnels: number;
   readonly identity: Identity;
   readonly handshake: InitiatorConfig['handshake'];
@@ -58,8 +64,8 @@ export interface HostDiallerOptions {
   readonly stats: StatsRegistry;
   readonly logger: Logger;
   readonly tunnel: Omit<InitiatorTunnelOptions, 'onDraining' | 'onClose'>;
-  /** The remote cluster's `tls`, and its config path for messages; loaded by `prepare()`. */
-  readonly tls?: { readonly files: ClientTlsFiles; readonly key: string } | undefined;
+  /** The remote cluster's `tls`, loaded once for all its hosts (`loadClientTls`). */
+  readonly tls?: ClientTls | undefined;
   /** Hands out connection ids, unique in the initiator. */
   readonly nextConnectionId: () => number;
   readonly onEvent: (dialler: HostDialler, event: DiallerEvent) => void;
@@ -102,7 +108,6 @@ export class HostDialler {
   readonly #draining = new Set<InitiatorTunnel>();
   #closed = false;
   #closeWaiters: Array<() => void> = [];
-  #tls: ClientTls | undefined;
 
   constructor(options: HostDiallerOptions) {
     this.#options = options;
@@ -121,12 +126,6 @@ export class HostDialler {
       socket: undefined,
       tunnel: undefined,
     }));
-  }
-
-  /** Loads the TLS files (an unreadable or bad one stops the start, naming the key and file). */
-  async prepare(): Promise<void> {
-    const { tls: settings } = this.#options;
-    if (settings !== undefined) this.#tls = await loadClientTls(settings.files, settings.key);
   }
 
   start(): void {
@@ -196,14 +195,16 @@ export class HostDialler {
       this.#notifyIfEmpty();
       return;
     }
-    const secure = this.#tls;
+    const secure = this.#options.tls;
     if (secure !== undefined) {
       extraHeaders.push([handshakeHeaderNames(handshake.header_prefix).keepTls, 'true']);
     }
     const socket =
       secure === undefined
         ? net.connect({ host: host.host, port: host.port, noDelay: true })
-        : tls.connect(secure.connectOptions(host.host, host.port)).setNoDelay(true);
+        : tls
+            .connect(secure.connectOptions(host.host, host.port, this.#options.serverName))
+            .setNoDelay(true);
     const ready = secure === undefined ? 'connect' : 'secureConnect';
     let connected = false;
     slot.socket = socket;

@@ -1,12 +1,18 @@
 /**
  * The initiator: dials every host of every remote cluster and keeps `tunnels_per_host` tunnels to
  * each, serves the streams the responders open on them from its local routes, and reports tunnel
- * states on an optional admin server.
+ * states on an optional admin server. A host given by name is every address the name resolves to,
+ * re-resolved every `resolve_interval` (HostResolver); an IP literal is that one host.
  */
 import { EventEmitter } from 'node:events';
+import net from 'node:net';
 import { validateInitiatorConfig } from '../config/load.ts';
 import { assertSecure } from '../config/security.ts';
-import type { InitiatorConfig, InitiatorConfigInput } from '../config/schema.ts';
+import type {
+  InitiatorConfig,
+  InitiatorConfigInput,
+  RemoteClusterConfig,
+} from '../config/schema.ts';
 import type { HostPort } from '../shared/address.ts';
 import {
   deadline,
@@ -24,14 +30,31 @@ import {
 } from '../shared/lifecycle-log.ts';
 import { silentLogger, type Logger } from '../shared/logger.ts';
 import { StatsRegistry } from '../shared/stats.ts';
+import { loadClientTls, type ClientTls } from '../shared/tls-files.ts';
 import { adminServerFor, type AdminServer } from '../admin/admin-server.ts';
 import { HostDialler, type DiallerEvent } from './host-dialler.ts';
+import { HostResolver, systemLookup, type HostLookup } from './host-resolver.ts';
 import { LocalRouter } from './local-router.ts';
 import type { TunnelCloseReason } from './tunnel.ts';
 
 export interface InitiatorAddresses {
   readonly admin: HostPort | undefined;
 }
+
+export interface InitiatorStartOptions extends StartOptions {
+  /**
+   * Resolves the remote clusters' host names to all their addresses, with the contract of
+   * `dns.promises.lookup(name, { all: true })`. Default: the system resolver. For tests (and
+   * embedders) that decide the answers.
+   */
+  readonly lookup?: HostLookup;
+}
+
+/**
+ * How long a retired host's tunnels (its address left the name's answer) may take to finish their
+ * streams after GOAWAY before they are cut.
+ */
+export const retiredHostDrainMs = 60_000;
 
 /** Lifecycle events, named as Envoy's initiator lifecycle log events (reference §10). */
 export interface InitiatorEvents {
@@ -47,7 +70,11 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
   readonly stats: StatsRegistry;
   readonly #logger: Logger;
   readonly #router: LocalRouter;
-  readonly #diallers: HostDialler[];
+  /** Every dialler not yet gone: configured, resolved, and retired ones still draining. */
+  readonly #diallers = new Set<HostDialler>();
+  readonly #resolvers: Array<HostResolver<HostDialler>> = [];
+  readonly #lookup: HostLookup;
+  #connectionIds = 0;
   readonly #admin: AdminServer | undefined;
   readonly #lifecycleLog: LifecycleSink | undefined;
   #addresses: InitiatorAddresses | undefined;
@@ -56,19 +83,15 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
   #detachSignal = () => {};
 
   /** Use `startInitiator`. */
-  constructor(config: InitiatorConfig, options: StartOptions = {}) {
+  constructor(config: InitiatorConfig, options: InitiatorStartOptions = {}) {
     super();
     const logger = options.logger ?? silentLogger;
     this.#signal = options.signal;
+    this.#lookup = options.lookup ?? systemLookup;
     this.config = config;
     this.#logger = logger;
     this.stats = new StatsRegistry();
     this.#router = new LocalRouter(config.local_routes, logger);
-    const identity = {
-      nodeId: config.node_id,
-      clusterId: config.cluster_id,
-      tenantId: config.tenant_id,
-    };
     this.#lifecycleLog =
       config.lifecycle_log === undefined
         ? undefined
@@ -76,35 +99,6 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
             config.lifecycle_log.path,
             this.stats.counter('revtun.lifecycle_log.dropped'),
           );
-    let connectionIds = 0;
-    this.#diallers = config.remote_clusters.flatMap((cluster, index) =>
-      cluster.hosts.map(
-        (host) =>
-          new HostDialler({
-            cluster: cluster.name,
-            host,
-            tunnels: cluster.tunnels_per_host,
-            identity,
-            handshake: config.handshake,
-            maxBackoffMs: config.max_reconnect_backoff,
-            statPrefix: config.stat_prefix,
-            detailedStats: config.enable_detailed_stats,
-            stats: this.stats,
-            logger,
-            tunnel: {
-              maxConcurrentStreams: config.max_concurrent_streams,
-              limits: config.http2,
-              onStream: (stream, headers, flags) => this.#router.handle(stream, headers, flags),
-            },
-            tls:
-              cluster.tls === undefined
-                ? undefined
-                : { files: cluster.tls, key: `remote_clusters[${index}].tls` },
-            nextConnectionId: () => (connectionIds += 1),
-            onEvent: (dialler, event) => this.#onDiallerEvent(dialler, event),
-          }),
-      ),
-    );
     this.#admin = adminServerFor(config.admin, {
       what: "the initiator's admin server",
       stats: this.stats,
@@ -146,24 +140,116 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
 
   /** Use `startInitiator`. */
   async start(): Promise<void> {
-    await Promise.all(this.#diallers.map((dialler) => dialler.prepare()));
+    // TLS files are read once per remote cluster, for all its hosts, resolved ones included.
+    const clusterTls = await Promise.all(
+      this.config.remote_clusters.map(async (cluster, index) =>
+        cluster.tls === undefined
+          ? undefined
+          : loadClientTls(cluster.tls, `remote_clusters[${index}].tls`),
+      ),
+    );
     const admin = await this.#admin?.listen();
     this.#addresses = { admin };
-    for (const dialler of this.#diallers) dialler.start();
+    await Promise.all(
+      this.config.remote_clusters.flatMap((cluster, index) =>
+        cluster.hosts.map((host) => this.#dialHost(cluster, host, clusterTls[index])),
+      ),
+    );
     this.#ready = true;
     this.#detachSignal = onAbort(this.#signal, () => void this.close());
+  }
+
+  /**
+   * Re-resolves every host name now, as `resolve_interval` does; resolves once the answers are
+   * applied (new addresses dialled, vanished ones retired).
+   */
+  async resolveHosts(): Promise<void> {
+    await Promise.all(this.#resolvers.map((resolver) => resolver.refresh()));
+  }
+
+  /** Dials a configured host: an IP literal at once, a name at every address it resolves to. */
+  async #dialHost(
+    cluster: RemoteClusterConfig,
+    host: HostPort,
+    tls: ClientTls | undefined,
+  ): Promise<void> {
+    if (net.isIP(host.host) !== 0) {
+      this.#startDialler(cluster, host, undefined, tls);
+      return;
+    }
+    const resolver = new HostResolver<HostDialler>({
+      cluster: cluster.name,
+      host,
+      intervalMs: cluster.resolve_interval,
+      lookup: this.#lookup,
+      logger: this.#logger,
+      // TLS checks the configured name whichever address is dialled.
+      add: (target) => this.#startDialler(cluster, target, host.host, tls),
+      retire: (dialler) => this.#retire(dialler),
+    });
+    this.#resolvers.push(resolver);
+    await resolver.start();
+  }
+
+  #startDialler(
+    cluster: RemoteClusterConfig,
+    host: HostPort,
+    serverName: string | undefined,
+    tls: ClientTls | undefined,
+  ): HostDialler {
+    const { config } = this;
+    const dialler = new HostDialler({
+      cluster: cluster.name,
+      host,
+      serverName,
+      tunnels: cluster.tunnels_per_host,
+      identity: {
+        nodeId: config.node_id,
+        clusterId: config.cluster_id,
+        tenantId: config.tenant_id,
+      },
+      handshake: config.handshake,
+      maxBackoffMs: config.max_reconnect_backoff,
+      statPrefix: config.stat_prefix,
+      detailedStats: config.enable_detailed_stats,
+      stats: this.stats,
+      logger: this.#logger,
+      tunnel: {
+        maxConcurrentStreams: config.max_concurrent_streams,
+        limits: config.http2,
+        onStream: (stream, headers, flags) => this.#router.handle(stream, headers, flags),
+      },
+      tls,
+      nextConnectionId: () => (this.#connectionIds += 1),
+      onEvent: (source, event) => this.#onDiallerEvent(source, event),
+    });
+    this.#diallers.add(dialler);
+    dialler.start();
+    return dialler;
+  }
+
+  /** Its address left the name's answer: stop dialling, drain (GOAWAY), then forget it. */
+  #retire(dialler: HostDialler): void {
+    void deadline(retiredHostDrainMs, dialler.close()).then(() => {
+      dialler.destroy();
+      this.#diallers.delete(dialler);
+    });
   }
 
   /** Graceful: stops dialling, GOAWAY on active tunnels, waits for their streams up to graceMs. */
   readonly close = once(async ({ graceMs = defaultGraceMs }: CloseOptions) => {
     this.#detachSignal();
     this.#ready = false;
+    // Resolvers first, so that no dialler is added once the set below is taken.
+    for (const resolver of this.#resolvers) resolver.close();
+    const diallers = [...this.#diallers];
     const drained = (async () => {
-      await Promise.all(this.#diallers.map((dialler) => dialler.close()));
+      await Promise.all(diallers.map((dialler) => dialler.close()));
       await this.#router.close();
     })();
     await deadline(graceMs, drained);
-    for (const dialler of this.#diallers) dialler.destroy();
+    for (const dialler of diallers) dialler.destroy();
+    this.#diallers.clear();
     this.#router.destroy();
     await this.#admin?.close();
     await this.#lifecycleLog?.close();
@@ -178,7 +264,7 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
 /** Starts an initiator; resolves once its admin server (if any) is bound and dialling has begun. */
 export async function startInitiator(
   input: InitiatorConfigInput | InitiatorConfig,
-  options: StartOptions = {},
+  options: InitiatorStartOptions = {},
 ): Promise<Initiator> {
   const config = validateInitiatorConfig(input);
   assertSecure('initiator', config);

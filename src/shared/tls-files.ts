@@ -42,8 +42,12 @@ export interface ServerTls {
 
 /** A loaded TLS client for one remote cluster. */
 export interface ClientTls {
-  /** `tls.connect` options for a host (SNI, checks, secure context). */
-  connectOptions(host: string, port: number): tls.ConnectionOptions;
+  /**
+   * `tls.connect` options for a host (SNI, checks, secure context). `name` is the configured name
+   * when `host` is an address the initiator resolved itself: SNI and the certificate check use it,
+   * the connection goes to `host`. Default: `host`.
+   */
+  connectOptions(host: string, port: number, name?: string): tls.ConnectionOptions;
 }
 
 /** Reads one PEM file of a config key, as ERR_CONFIG_READ naming both. */
@@ -107,10 +111,11 @@ export async function loadClientTls(files: ClientTlsFiles, key: string): Promise
   });
   const pins = files.spki_pins === undefined ? undefined : new Set(files.spki_pins);
   return {
-    connectOptions: (host, port) => {
+    connectOptions: (host, port, name = host) => {
       // SNI carries a name, never an address (RFC 6066 §3); the certificate is still checked
-      // against the address's IP SANs then.
-      const serverName = files.server_name ?? (net.isIP(host) === 0 ? host : undefined);
+      // against the address's IP SANs then. Node checks the identity against `servername` when
+      // it is set, so a resolved address is checked against the name it was resolved from.
+      const serverName = files.server_name ?? (net.isIP(name) === 0 ? name : undefined);
       return {
         host,
         port,
