@@ -16,7 +16,7 @@ import { Pool, type Dispatcher } from 'undici';
 import type { LocalRouteConfig } from '../config/schema.ts';
 import { describeError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
-import { watchEndStream } from '../shared/http2-stream.ts';
+import { contentLength, watchEndStream } from '../shared/http2-stream.ts';
 import { findRoute, pathOf, type RouteMatch } from '../shared/route-match.ts';
 import type { Logger } from '../shared/logger.ts';
 
@@ -104,7 +104,7 @@ export class LocalRouter {
     });
     const authority = headers[':authority'];
     if (authority !== undefined) forwarded['host'] = authority;
-    const body = hasBody ? requestBody(stream) : null;
+    const body = hasBody ? requestBody(stream, contentLength(headers['content-length'])) : null;
     const abort = new AbortController();
     const onClose = () => abort.abort();
     stream.once('close', onClose);
@@ -172,9 +172,9 @@ function stopUpload(stream: ServerHttp2Stream): void {
  * ends only at END_STREAM; a reset fails it, so the local service never takes a cut-off upload for
  * a whole one.
  */
-function requestBody(stream: ServerHttp2Stream): PassThrough {
+function requestBody(stream: ServerHttp2Stream, declaredLength: number | undefined): PassThrough {
   const body = new PassThrough();
-  const receivedEndStream = watchEndStream(stream);
+  const receivedEndStream = watchEndStream(stream, () => declaredLength);
   stream.pipe(body, { end: false });
   stream.once('end', () => {
     if (receivedEndStream()) body.end();

@@ -32,7 +32,7 @@ import { formatHostPort, type HostPort } from '../shared/address.ts';
 import { describeError, RevtunError, isRevtunError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import { maxHeaderListPairs } from '../shared/http2-limits.ts';
-import { resetStream, watchEndStream } from '../shared/http2-stream.ts';
+import { contentLength, resetStream, watchEndStream } from '../shared/http2-stream.ts';
 import { findRoute, pathOf } from '../shared/route-match.ts';
 import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
@@ -585,7 +585,9 @@ async function forward(options: ForwardOptions): Promise<void> {
     );
     return;
   }
-  const receivedEndStream = watchEndStream(stream);
+  // What the response says its body is, once its headers are in: a HEAD, 204 or 304 has none.
+  let declaredLength: number | undefined;
+  const receivedEndStream = watchEndStream(stream, () => declaredLength);
   let responded = false;
   let tooLarge = false;
   let timedOut = false;
@@ -624,6 +626,10 @@ async function forward(options: ForwardOptions): Promise<void> {
   try {
     const responseHeaders = await responseOf(stream);
     const status = Number(responseHeaders[':status']);
+    declaredLength =
+      request.method === 'HEAD' || status === 204 || status === 304
+        ? 0
+        : contentLength(responseHeaders['content-length']);
     const out: Record<string, string | string[]> = {};
     forEachEndToEndHeader(responseHeaders, (name, value) => {
       out[name] = value;
