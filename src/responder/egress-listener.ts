@@ -310,28 +310,41 @@ export class EgressListener {
       tooManyHeaderFields(response, `${fields - pseudoHeaderCount}`);
       return;
     }
-    let session: TunnelSession;
-    try {
-      session = await registry.acquire(node);
-    } catch (error) {
-      if (!isRevtunError(error)) throw error;
-      stats.counter(`${cluster}.upstream_cx_connect_fail`).inc();
-      // Busy is a moment's overload: say when to come back, as a 503 should (RFC 9110 §10.2.3).
-      const retry = isRevtunError(error, 'ERR_TUNNEL_BUSY') ? { 'retry-after': '1' } : {};
-      reply(response, error.status, `${error.message} (host id ${hostId})`, retry);
-      return;
+    // One retry, on another tunnel, and only where it cannot repeat anything: an idempotent
+    // request without a body whose stream the initiator never processed (see `forward`).
+    const mayRetry = idempotentMethods.has(request.method ?? '') && !hasBody(request);
+    let failed: TunnelSession | undefined;
+    for (let attempt = 0; attempt < 2; attempt += 1) {
+      let session: TunnelSession;
+      try {
+        session = await registry.acquire(node, failed);
+      } catch (error) {
+        if (!isRevtunError(error)) throw error;
+        stats.counter(`${cluster}.upstream_cx_connect_fail`).inc();
+        // Busy is a moment's overload: say when to come back, as a 503 should (RFC 9110 §10.2.3).
+        const retry = isRevtunError(error, 'ERR_TUNNEL_BUSY') ? { 'retry-after': '1' } : {};
+        reply(response, error.status, `${error.message} (host id ${hostId})`, retry);
+        return;
+      }
+      if (attempt === 0) {
+        stats.counter(`${cluster}.upstream_rq_total`).inc();
+        if (expectsContinue) response.writeContinue();
+      } else {
+        stats.counter(`${cluster}.upstream_rq_retry`).inc();
+      }
+      const outcome = await forward({
+        request,
+        response,
+        headers: forwarded,
+        session,
+        logger,
+        maxBodyBytes: config.max_body_bytes,
+        responseTimeoutMs: config.response_timeout,
+        retryable: mayRetry && attempt === 0,
+      });
+      if (outcome === 'done') return;
+      failed = session;
     }
-    stats.counter(`${cluster}.upstream_rq_total`).inc();
-    if (expectsContinue) response.writeContinue();
-    await forward({
-      request,
-      response,
-      headers: forwarded,
-      session,
-      logger,
-      maxBodyBytes: config.max_body_bytes,
-      responseTimeoutMs: config.response_timeout,
-    });
   }
 
   /** The request script's own reply, if it gave one. */
@@ -568,22 +581,43 @@ interface ForwardOptions {
   readonly maxBodyBytes: number | undefined;
   /** The deadline for the response headers (504 after it). */
   readonly responseTimeoutMs: number;
+  /**
+   * The request may be sent again: instead of answering a failure that left the request
+   * unprocessed, `forward` returns 'retry' with nothing written to the caller.
+   */
+  readonly retryable: boolean;
 }
 
-/** HTTP/1.1 request → HTTP/2 stream on the tunnel, and the response back. */
-async function forward(options: ForwardOptions): Promise<void> {
+/** Methods that may be retried (RFC 9110 §9.2.2), when they carry no body. */
+const idempotentMethods = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+/**
+ * The initiator never saw the stream: it was never given an id, or the initiator refused it
+ * (REFUSED_STREAM, also what nghttp2 reports for streams above a GOAWAY's last stream id), which
+ * RFC 9113 §8.7 guarantees was not processed.
+ */
+function unprocessed(stream: ClientHttp2Stream): boolean {
+  return stream.pending || stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM;
+}
+
+/**
+ * HTTP/1.1 request → HTTP/2 stream on the tunnel, and the response back. 'retry' when the request
+ * is `retryable` and failed unprocessed, with nothing written to the caller; 'done' otherwise.
+ */
+async function forward(options: ForwardOptions): Promise<'done' | 'retry'> {
   const { request, response, headers, session, logger } = options;
   const withBody = hasBody(request);
   let stream: ClientHttp2Stream;
   try {
     stream = session.request(headers, { endStream: !withBody });
   } catch (error) {
+    if (options.retryable) return 'retry';
     reply(
       response,
       502,
       `the tunnel to node ${session.identity.nodeId} failed: ${describeError(error)}`,
     );
-    return;
+    return 'done';
   }
   // What the response says its body is, once its headers are in: a HEAD, 204 or 304 has none.
   let declaredLength: number | undefined;
@@ -645,6 +679,13 @@ async function forward(options: ForwardOptions): Promise<void> {
     responded = true;
     response.end();
   } catch (error) {
+    if (options.retryable && !response.headersSent && !timedOut && unprocessed(stream)) {
+      logger.debug(
+        { node_id: session.identity.nodeId, err: error },
+        'the initiator did not process the request; retrying it on another tunnel',
+      );
+      return 'retry';
+    }
     if (response.headersSent) {
       logger.info(
         { node_id: session.identity.nodeId, err: error },
@@ -671,6 +712,7 @@ async function forward(options: ForwardOptions): Promise<void> {
     resetStream(stream, http2.constants.NGHTTP2_CANCEL, 'the response failed');
   }
   await upload;
+  return 'done';
 }
 
 /**

@@ -101,9 +101,10 @@ export class NodeEntry {
   }
 
   /** A live session with room for a stream, the least loaded one. */
-  availableSession(): TunnelSession | undefined {
+  availableSession(exclude?: TunnelSession): TunnelSession | undefined {
     let best: TunnelSession | undefined;
     for (const session of this.sessions) {
+      if (session === exclude) continue;
       if (session.available && (best === undefined || session.inFlight < best.inFlight)) {
         best = session;
       }
@@ -315,14 +316,15 @@ export class TunnelRegistry {
    * A session to send a stream to the node on: its least-loaded live session with room, or a new
    * one on a checked-out idle tunnel. When every tunnel to the node is at its stream limit, the
    * request waits its turn (bounded in number and time, `pending_requests`) for a stream to close
-   * or a tunnel to arrive. Throws ERR_NO_TUNNEL, or ERR_TUNNEL_BUSY after the wait.
+   * or a tunnel to arrive. Throws ERR_NO_TUNNEL, or ERR_TUNNEL_BUSY after the wait. `exclude` is a
+   * session not to use (a retry goes to another tunnel).
    */
-  async acquire(node: NodeEntry): Promise<TunnelSession> {
+  async acquire(node: NodeEntry, exclude?: TunnelSession): Promise<TunnelSession> {
     const { max_per_node: maxWaiting, timeout } = this.#options.pendingRequests;
     const deadline = Date.now() + timeout;
     for (;;) {
       try {
-        return await this.#acquireNow(node);
+        return await this.#acquireNow(node, exclude);
       } catch (error) {
         if (!isRevtunError(error, 'ERR_TUNNEL_BUSY')) throw error;
         const left = deadline - Date.now();
@@ -341,12 +343,12 @@ export class TunnelRegistry {
     }
   }
 
-  async #acquireNow(node: NodeEntry): Promise<TunnelSession> {
+  async #acquireNow(node: NodeEntry, exclude?: TunnelSession): Promise<TunnelSession> {
     // Each pass returns, or waits for one checkout (its own, which uses up an idle tunnel, or one
     // already in progress), so the passes are bounded by the node's idle tunnels plus one.
     const passes = node.idle.length + 2;
     for (let pass = 0; pass < passes; pass += 1) {
-      const session = node.availableSession();
+      const session = node.availableSession(exclude);
       if (session !== undefined) return session;
       if (node.opening === undefined) {
         const idle = node.bestIdle();
