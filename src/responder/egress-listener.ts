@@ -320,6 +320,14 @@ export class EgressListener {
         session = await registry.acquire(node, failed);
       } catch (error) {
         if (!isRevtunError(error)) throw error;
+        if (failed !== undefined) {
+          reply(
+            response,
+            502,
+            `the tunnel to node ${failed.identity.nodeId} refused the request, and no other tunnel to it is free`,
+          );
+          return;
+        }
         stats.counter(`${cluster}.upstream_cx_connect_fail`).inc();
         // Busy is a moment's overload: say when to come back, as a 503 should (RFC 9110 §10.2.3).
         const retry = isRevtunError(error, 'ERR_TUNNEL_BUSY') ? { 'retry-after': '1' } : {};

@@ -317,9 +317,11 @@ export class TunnelRegistry {
    * one on a checked-out idle tunnel. When every tunnel to the node is at its stream limit, the
    * request waits its turn (bounded in number and time, `pending_requests`) for a stream to close
    * or a tunnel to arrive. Throws ERR_NO_TUNNEL, or ERR_TUNNEL_BUSY after the wait. `exclude` is a
-   * session not to use (a retry goes to another tunnel).
+   * session not to use, and then there is no wait: a retry goes to another tunnel at once or not
+   * at all.
    */
   async acquire(node: NodeEntry, exclude?: TunnelSession): Promise<TunnelSession> {
+    if (exclude !== undefined) return this.#acquireNow(node, exclude);
     const { max_per_node: maxWaiting, timeout } = this.#options.pendingRequests;
     const deadline = Date.now() + timeout;
     for (;;) {
