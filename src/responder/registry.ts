@@ -362,11 +362,15 @@ export class TunnelRegistry {
       const opened = await node.opening;
       if (opened?.available === true) return opened;
     }
-    if (node.sessions.length > 0) {
+    // Busy (worth waiting for) only if a session will take streams again; draining ones will not.
+    if (node.sessions.some((session) => !session.draining)) {
       throw new RevtunError(
         'ERR_TUNNEL_BUSY',
         `every tunnel to node ${node.nodeId} is at its stream limit`,
       );
+    }
+    if (node.sessions.length > 0) {
+      throw new RevtunError('ERR_NO_TUNNEL', `every tunnel to node ${node.nodeId} is draining`);
     }
     this.#options.stats.counter(`${this.#options.statPrefix}.pool_miss`).inc();
     throw new RevtunError('ERR_NO_TUNNEL', `no idle tunnel to node ${node.nodeId}`);
@@ -517,8 +521,10 @@ export class TunnelRegistry {
     for (const gauge of [...node.gauges, ...cluster.gauges]) gauge.dec();
     this.#options.onEvent(info, { event: 'tunnel_closed', socketState, closeReason });
     if (node.tunnels > 0) return;
-    // A node's entries go with its last tunnel (reference §8 "Keys").
+    // A node's entries go with its last tunnel (reference §8 "Keys"); requests waiting for one of
+    // its streams try once more and get their 503 now, not at their deadline.
     this.#nodes.delete(node.key);
+    for (const wake of node.waiting.splice(0)) wake();
     removeFrom(cluster.nodes, node);
     if (cluster.nodes.length === 0) this.#clusters.delete(node.clusterKey);
     if (this.#nodes.size === 0) {

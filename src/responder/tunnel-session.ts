@@ -111,6 +111,11 @@ export class TunnelSession {
     return this.#closed;
   }
 
+  /** No new streams: GOAWAY sent or received, or the session is gone. */
+  get draining(): boolean {
+    return this.#draining;
+  }
+
   /** True if the session was closed because a PING went unacknowledged. */
   get keepaliveTimedOut(): boolean {
     return this.#keepaliveTimedOut;
