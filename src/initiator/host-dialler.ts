@@ -77,6 +77,14 @@ export interface HostDiallerOptions {
  */
 const stableAfterMs = 1000;
 
+/**
+ * After a tunnel that was up closes, failed dials to its host retry at the first backoff step
+ * (1 s + jitter) for this long instead of doubling: a responder that restarts is back in a few
+ * seconds, and its initiators should be back a moment after it (issue 5 "all back within 3 s"),
+ * not at the 4 s or 8 s step. Past it, or for a host that never came up, the backoff doubles.
+ */
+const recoveryWindowMs = 60_000;
+
 /** Cap on the handshake response head; Envoy's responses are a few dozen bytes. */
 const maxResponseHeadBytes = 16 * 1024;
 
@@ -108,6 +116,8 @@ export class HostDialler {
   readonly #draining = new Set<InitiatorTunnel>();
   #closed = false;
   #closeWaiters: Array<() => void> = [];
+  /** Until then, failures retry at the first backoff step (see recoveryWindowMs). */
+  #recoveringUntil = 0;
 
   constructor(options: HostDiallerOptions) {
     this.#options = options;
@@ -358,6 +368,7 @@ export class HostDialler {
           );
           return;
         }
+        this.#recoveringUntil = Date.now() + recoveryWindowMs;
         this.#fill();
       },
     });
@@ -399,7 +410,7 @@ export class HostDialler {
       }
       return;
     }
-    const computed = this.#backoff.fail();
+    const computed = this.#backoff.fail({ atBase: Date.now() < this.#recoveringUntil });
     const delayMs = retryAfterMs ?? computed;
     this.#gauges.setHost('recovered', 0);
     this.#gauges.setHost('backoff', 1);

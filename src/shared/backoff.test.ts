@@ -64,6 +64,14 @@ describe('Backoff', () => {
     assert.deepEqual(delays(backoff, 3), [1000, 2000, 4000]);
   });
 
+  it('stays at the base delay with atBase, still counting the failures', () => {
+    const backoff = new Backoff({ baseMs: 1000, maxMs: 30_000, jitter: 0, random: () => 0 });
+    const delays = [1, 2, 3, 4].map(() => backoff.fail({ atBase: true }));
+    assert.deepEqual(delays, [1000, 1000, 1000, 1000]);
+    assert.equal(backoff.failures, 4);
+    assert.equal(backoff.fail(), 16_000);
+  });
+
   it('counts consecutive failures', () => {
     const backoff = new Backoff({ ...envoy, jitter: 0 });
     assert.equal(backoff.failures, 0);

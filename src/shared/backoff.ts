@@ -25,11 +25,14 @@ export class Backoff {
     return this.#failures;
   }
 
-  /** Records a failure and returns how long to wait before the next attempt, in ms. */
-  fail(): number {
+  /**
+   * Records a failure and returns how long to wait before the next attempt, in ms. `atBase` keeps
+   * the delay at the first step however many failures there were (a host that was just working).
+   */
+  fail(options: { readonly atBase?: boolean } = {}): number {
     this.#failures += 1;
     const { baseMs, maxMs, jitter, random = Math.random } = this.#options;
-    const exponent = Math.min(this.#failures - 1, 30);
+    const exponent = options.atBase === true ? 0 : Math.min(this.#failures - 1, 30);
     const delay = Math.min(maxMs, baseMs * 2 ** exponent);
     return Math.round(delay * (1 + jitter * random()));
   }
