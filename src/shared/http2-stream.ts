@@ -38,7 +38,9 @@ export function watchEndStream(
   declaredLength: () => number | undefined = () => undefined,
 ): () => boolean {
   let endStream = false;
-  let received = 0;
+  // Bytes already buffered: a stream whose HEADERS, DATA and END_STREAM came in one read may have
+  // had its body pushed before whoever handles it could watch.
+  let received = stream.readableLength;
   const push = stream.push.bind(stream);
   stream.push = (chunk: unknown, encoding?: BufferEncoding): boolean => {
     if (chunk === null) {
