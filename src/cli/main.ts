@@ -388,7 +388,11 @@ function version(): string {
 }
 
 /** Stops on the first SIGINT/SIGTERM (gracefully), at once on the second. */
-function stopOnSignals(running: Stoppable): void {
+/**
+ * Installed before the command starts, so that a signal that comes while it starts (or right after
+ * it printed its addresses) stops it gracefully once it is up, rather than killing the process.
+ */
+function stopOnSignals(started: Promise<Stoppable>): void {
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping) {
@@ -399,7 +403,7 @@ function stopOnSignals(running: Stoppable): void {
     process.stderr.write(
       `revtun: ${signal}, stopping (up to ${stopGraceMs / 1000} s for requests in flight)\n`,
     );
-    running.close({ graceMs: stopGraceMs }).then(
+    started.then((running) => running.close({ graceMs: stopGraceMs })).then(
       () => {
         // Everything is closed, so the event loop should drain by itself; if a handle is left, say
         // so and exit anyway: the contract is to leave no process behind.
@@ -474,8 +478,10 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`revtun ${name}: ${environmentProblem}\n`);
     return 1;
   }
+  let started: (running: Stoppable) => void = () => {};
+  stopOnSignals(new Promise((resolve) => (started = resolve)));
   try {
-    stopOnSignals(await command.run(flags));
+    started(await command.run(flags));
     return -1;
   } catch (error) {
     if (isRevtunError(error, 'ERR_USAGE')) {
