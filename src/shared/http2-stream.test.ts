@@ -72,7 +72,10 @@ describe('watchEndStream on a stream read late', () => {
   });
 
   it('still counts a response cut off with RST_STREAM(NO_ERROR) as incomplete', async () => {
-    assert.deepEqual(await readLate('/cut'), { complete: false, body: 'partial' });
+    const { complete, body } = await readLate('/cut');
+    assert.equal(complete, false);
+    // Node 20 still delivers the 7 bytes that came before the reset; Node 22 and 24 drop them.
+    assert.ok(['partial', ''].includes(body), `body ${JSON.stringify(body)}`);
   });
 });
 
