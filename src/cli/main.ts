@@ -403,20 +403,22 @@ function stopOnSignals(started: Promise<Stoppable>): void {
     process.stderr.write(
       `revtun: ${signal}, stopping (up to ${stopGraceMs / 1000} s for requests in flight)\n`,
     );
-    started.then((running) => running.close({ graceMs: stopGraceMs })).then(
-      () => {
-        // Everything is closed, so the event loop should drain by itself; if a handle is left, say
-        // so and exit anyway: the contract is to leave no process behind.
-        setTimeout(() => {
-          process.stderr.write('revtun: stopped, but a handle was still open; exiting\n');
-          process.exit(0);
-        }, 1_000).unref();
-      },
-      (error: unknown) => {
-        process.stderr.write(`revtun: error while stopping: ${describeError(error)}\n`);
-        process.exit(1);
-      },
-    );
+    started
+      .then((running) => running.close({ graceMs: stopGraceMs }))
+      .then(
+        () => {
+          // Everything is closed, so the event loop should drain by itself; if a handle is left, say
+          // so and exit anyway: the contract is to leave no process behind.
+          setTimeout(() => {
+            process.stderr.write('revtun: stopped, but a handle was still open; exiting\n');
+            process.exit(0);
+          }, 1_000).unref();
+        },
+        (error: unknown) => {
+          process.stderr.write(`revtun: error while stopping: ${describeError(error)}\n`);
+          process.exit(1);
+        },
+      );
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
