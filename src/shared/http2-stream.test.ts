@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import http2, { type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
+import { pollUntil } from '../../test/helpers/process.ts';
 import { contentLength, watchEndStream } from './http2-stream.ts';
 
 /**
@@ -52,7 +53,14 @@ describe('watchEndStream on a stream read late', () => {
     const complete = watchEndStream(stream, () => declared);
     stream.once('response', (headers) => (declared = contentLength(headers['content-length'])));
     stream.pause();
-    await waitFor(() => serverClosed.has(path));
+    await pollUntil(
+      'the server to take the stream',
+      () => Promise.resolve(serverClosed.has(path)),
+      {
+        timeoutMs: 5_000,
+        intervalMs: 5,
+      },
+    );
     await serverClosed.get(path);
     // A PING's ack comes after every frame the server sent before it: they have all been read.
     await new Promise((resolve) => client.ping(resolve));
@@ -88,11 +96,3 @@ describe('contentLength', () => {
     }
   });
 });
-
-async function waitFor(done: () => boolean): Promise<void> {
-  const deadline = Date.now() + 5_000;
-  while (!done()) {
-    assert.ok(Date.now() < deadline, 'timed out');
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-}

@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { startInitiator, type Initiator } from '../../src/initiator/initiator.ts';
 import { startResponder, type Responder } from '../../src/responder/responder.ts';
 import { request, startService, type TestService } from '../helpers/http.ts';
+import { pollUntil } from '../helpers/process.ts';
 import { tunnelsRegistered } from '../helpers/tunnels.ts';
 
 describe('failure semantics at the egress listener', () => {
@@ -68,13 +69,15 @@ describe('failure semantics at the egress listener', () => {
     request(responder.addresses.egress[listener]!, path, { headers: { 'x-node-id': 'n1' } });
 
   /** Resolves once `count` requests wait in the queue (the responder's gauge). */
-  async function pendingReaches(count: number): Promise<void> {
-    const deadline = Date.now() + 5_000;
-    while ((responder.stats.value('reverse_tunnel_acceptor.pending_requests') ?? 0) < count) {
-      assert.ok(Date.now() < deadline, `never ${count} waiting requests`);
-      await new Promise((resolve) => setImmediate(resolve));
-    }
-  }
+  const pendingReaches = (count: number) =>
+    pollUntil(
+      `${count} waiting requests`,
+      () =>
+        Promise.resolve(
+          (responder.stats.value('reverse_tunnel_acceptor.pending_requests') ?? 0) >= count,
+        ),
+      { timeoutMs: 5_000, intervalMs: 5 },
+    );
 
   /** Sends /hang on listener 1 and resolves once the local service holds it. */
   async function hang(): Promise<{

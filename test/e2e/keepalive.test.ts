@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { startInitiator, type Initiator } from '../../src/initiator/initiator.ts';
 import { startResponder, type Responder } from '../../src/responder/responder.ts';
 import { request, startService, type TestService } from '../helpers/http.ts';
+import { pollUntil } from '../helpers/process.ts';
 import { Relay } from '../helpers/relay.ts';
 import { tunnelsRegistered, waitForEvent } from '../helpers/tunnels.ts';
 
@@ -71,7 +72,11 @@ describe('HTTP/2 keepalive on a tunnel in use', () => {
     const reply = request(responder.addresses.egress[0]!, '/hang', {
       headers: { 'x-node-id': 'n1' },
     });
-    await waitUntilHeld(() => held.length > seen);
+    await pollUntil(
+      'the request to reach the local service',
+      () => Promise.resolve(held.length > seen),
+      { timeoutMs: 5_000, intervalMs: 5 },
+    );
     const closed = waitForEvent<[unknown, string]>(responder, 'tunnel_closed', () => true, 10_000);
     const blackHoledAt = Date.now();
     relay.blackHole();
@@ -120,12 +125,3 @@ describe('HTTP/2 keepalive on a tunnel in use', () => {
     assert.equal(closes, 0);
   });
 });
-
-/** Resolves once `done()` holds; the local service's request handler makes it true. */
-async function waitUntilHeld(done: () => boolean): Promise<void> {
-  const deadline = Date.now() + 5_000;
-  while (!done()) {
-    assert.ok(Date.now() < deadline, 'the request never reached the local service');
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-}
