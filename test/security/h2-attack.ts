@@ -404,3 +404,12 @@ export function assertMemoryBounded(options: {
     `heapUsed after GC is ${mib(settledGrowth)} above the baseline, more than ${mib(settledLimit)}`,
   );
 }
+
+/** The frames `make` gives for 0 … count−1, one or several each, lazily: a flood without the memory. */
+export function* repeat(count: number, make: (i: number) => Buffer | Buffer[]): Iterable<Buffer> {
+  for (let i = 0; i < count; i += 1) {
+    const made = make(i);
+    if (Array.isArray(made)) yield* made;
+    else yield made;
+  }
+}

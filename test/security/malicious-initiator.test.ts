@@ -28,20 +28,13 @@ import {
   setting,
   statusHeaderBlock,
   type Attack,
+  repeat,
 } from './h2-attack.ts';
 import { CrashWatch, describeGrowth, settledMemory } from './memory.ts';
 
 const boundMs = 5_000;
 const settledGrowthLimit = 8 * 1024 * 1024;
 const peakGrowthLimit = 96 * 1024 * 1024;
-
-function* repeat(count: number, make: (i: number) => Buffer | Buffer[]): Iterable<Buffer> {
-  for (let i = 0; i < count; i += 1) {
-    const made = make(i);
-    if (Array.isArray(made)) yield* made;
-    else yield made;
-  }
-}
 
 /** The responder's first request on a checked-out tunnel is stream 1. */
 const stream = 1;

@@ -27,6 +27,7 @@ import {
   type Attack,
   requestHeaderBlock,
   setting,
+  repeat,
 } from './h2-attack.ts';
 import { CrashWatch, describeGrowth, memorySettledTo, settledMemory } from './memory.ts';
 
@@ -37,14 +38,6 @@ const settledGrowthLimit = 8 * 1024 * 1024;
 const peakGrowthLimit = 96 * 1024 * 1024;
 /** How long that may take to come back (timers of closed sessions, aborted local calls). */
 const settleWithinMs = 3_000;
-
-function* repeat(count: number, make: (i: number) => Buffer | Buffer[]): Iterable<Buffer> {
-  for (let i = 0; i < count; i += 1) {
-    const made = make(i);
-    if (Array.isArray(made)) yield* made;
-    else yield made;
-  }
-}
 
 const block = requestHeaderBlock();
 
