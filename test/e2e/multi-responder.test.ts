@@ -319,3 +319,90 @@ describe('TLS to a host given by name', () => {
     assert.equal(reply.headers['x-served-by'], 'tls-edge');
   });
 });
+
+describe('a responder that drains while the initiator reaches others (issue 5 item 4)', () => {
+  let responders: Responder[] = [];
+  let slow: ReturnType<typeof startSlowService>;
+  let service: TestService;
+  let initiator: Initiator | undefined;
+  let port: number;
+
+  before(async () => {
+    responders = await respondersOnOnePort();
+    port = responders[0]!.addresses.tunnel.port;
+    slow = startSlowService();
+    service = await slow.service;
+    const registered = responders.map((responder) =>
+      tunnelsRegistered(responder, 'edge-d', tunnelsPerHost),
+    );
+    initiator = await startInitiator(
+      {
+        node_id: 'edge-d',
+        cluster_id: 'edges',
+        tenant_id: 't1',
+        stat_prefix: prefix,
+        allow_insecure: true,
+        remote_clusters: [
+          {
+            name: 'upstream-cluster',
+            hosts: [`${name}:${port}`],
+            tunnels_per_host: tunnelsPerHost,
+            resolve_interval: '1h',
+          },
+        ],
+        local_routes: [{ prefix: '/', target: service.target }],
+      },
+      { lookup: controlledLookup(addresses).lookup },
+    );
+    await Promise.all(registered);
+  });
+
+  after(async () => {
+    slow?.release();
+    await initiator?.close({ graceMs: 0 });
+    for (const responder of responders) await responder.close({ graceMs: 0 });
+    await service?.close();
+  });
+
+  it('serves through the other responders during the drain, finishes the request on the draining one', async (t) => {
+    const edge = initiator!;
+    const draining = responders[1]!;
+    const others = [responders[0]!, responders[2]!];
+    const drainingHost = `${prefix}.host.${addresses[1]}:${port}`;
+    const inFlight = request(egressOf(draining), '/slow', toNode('edge-d'));
+    await slow.slowArrived;
+    const started = Date.now();
+    const closed = draining.close({ graceMs: 10_000 });
+    // While the drain holds /slow, the initiator's other responders serve; its dials to the
+    // draining one fail (the tunnel listener is closed) and put only that host in backoff.
+    await statReaches(edge, `${drainingHost}.backoff`, 1);
+    const statuses: number[] = [];
+    for (let i = 0; i < 40; i += 1) {
+      const reply = await request(egressOf(others[i % 2]!), `/during-${i}`, toNode('edge-d'));
+      statuses.push(reply.status);
+    }
+    assert.deepEqual(
+      new Set(statuses),
+      new Set([200]),
+      `statuses during the drain: ${statuses.join(' ')}`,
+    );
+    for (const address of [addresses[0], addresses[2]]) {
+      assert.equal(edge.stats.value(`${prefix}.host.${address}:${port}.connected`), tunnelsPerHost);
+    }
+    slow.release();
+    const reply = await inFlight;
+    assert.equal(reply.status, 200);
+    assert.equal(reply.text, 'slow done');
+    await closed;
+    const drainMs = Date.now() - started;
+    await statReaches(edge, `${drainingHost}.connected`, 0);
+    for (const responder of others) {
+      const after = await request(egressOf(responder), '/after', toNode('edge-d'));
+      assert.equal(after.status, 200, `through ${responder.addresses.tunnel.host}`);
+    }
+    t.diagnostic(
+      `drain of ${addresses[1]}: ${drainMs} ms with /slow in flight; ` +
+        `${statuses.length} requests through the other two during it, all 200`,
+    );
+  });
+});
