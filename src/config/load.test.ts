@@ -255,6 +255,7 @@ describe('parseConfigText', () => {
       enable_tenant_isolation: false,
       allow_insecure: false,
       pending_requests: { max_per_node: 1024, timeout: 5000 },
+      max_departed_stats: 10_000,
       http2: {
         max_header_list_size: 65_536,
         max_session_memory: 10,
@@ -376,6 +377,7 @@ describe('parseConfigText', () => {
       enable_tenant_isolation: true,
       allow_insecure: true,
       pending_requests: { max_per_node: 7, timeout: 250 },
+      max_departed_stats: 500,
       http2: {
         max_header_list_size: 2048,
         max_session_memory: 32,

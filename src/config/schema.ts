@@ -383,6 +383,12 @@ export const responderSchema = z
         timeout: duration(0, 300_000).prefault('5s'),
       })
       .prefault({}),
+    /**
+     * The gauges of a node or cluster with no tunnels left read 0, as in Envoy, until more than
+     * this many such gauges are kept; then the oldest are removed, so that a stream of distinct ids
+     * cannot grow the stats without bound.
+     */
+    max_departed_stats: z.int().min(0).max(10_000_000).default(10_000),
     admin: admin.optional(),
     lifecycle_log: lifecycleLog.optional(),
     tunnel_listener: z.strictObject({

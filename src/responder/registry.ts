@@ -62,6 +62,8 @@ export interface RegistryOptions {
   readonly http2: Http2LimitsConfig;
   /** The wait for a stream when every tunnel to the node is at its limit. */
   readonly pendingRequests: { readonly max_per_node: number; readonly timeout: number };
+  /** Gauges of departed nodes and clusters kept at 0 before the oldest are removed. */
+  readonly maxDepartedStats: number;
   readonly onEvent: (tunnel: TunnelInfo, event: TunnelEvent) => void;
   /** Each acknowledged keepalive PING on a tunnel in use, with its round trip, ms. */
   readonly onPingAck?: (tunnel: TunnelInfo, ms: number) => void;
@@ -80,6 +82,7 @@ export class NodeEntry {
   readonly sessions: TunnelSession[] = [];
   /** Idle tunnels plus live sessions: what the gauges show. */
   tunnels = 0;
+  readonly statNames: readonly string[];
   readonly gauges: Gauge[];
   /** A checkout in progress, which requests arriving meanwhile wait for rather than start another. */
   opening: Promise<TunnelSession | null> | undefined;
@@ -91,13 +94,19 @@ export class NodeEntry {
     this.waiting.shift()?.();
   }
 
-  constructor(identity: Identity, keys: { node: string; cluster: string }, gauges: Gauge[]) {
+  constructor(
+    identity: Identity,
+    keys: { node: string; cluster: string },
+    stats: StatsRegistry,
+    statNames: readonly string[],
+  ) {
     this.nodeId = identity.nodeId;
     this.tenantId = identity.tenantId;
     this.clusterId = identity.clusterId;
     this.key = keys.node;
     this.clusterKey = keys.cluster;
-    this.gauges = gauges;
+    this.statNames = statNames;
+    this.gauges = statNames.map((name) => stats.gauge(name));
   }
 
   /** A live session with room for a stream, the least loaded one. */
@@ -133,10 +142,12 @@ export class NodeEntry {
 class ClusterEntry {
   readonly nodes: NodeEntry[] = [];
   cursor = 0;
+  readonly statNames: readonly string[];
   readonly gauges: Gauge[];
 
-  constructor(gauges: Gauge[]) {
-    this.gauges = gauges;
+  constructor(stats: StatsRegistry, statNames: readonly string[]) {
+    this.statNames = statNames;
+    this.gauges = statNames.map((name) => stats.gauge(name));
   }
 }
 
@@ -144,6 +155,8 @@ export class TunnelRegistry {
   readonly #options: RegistryOptions;
   readonly #nodes = new Map<string, NodeEntry>();
   readonly #clusters = new Map<string, ClusterEntry>();
+  /** Gauge names of departed nodes and clusters, oldest first (see #depart). */
+  readonly #departedStats = new Set<string>();
   readonly #infos = new WeakMap<IdleTunnel | TunnelSession, TunnelInfo>();
   /** Tunnels accepted whose 200 is still being written, per node key (they count for limits). */
   readonly #reserved = new Map<string, number>();
@@ -482,25 +495,58 @@ export class TunnelRegistry {
     // The aggregate gauges use bare ids even under isolation (reference §9); the per-tenant ones
     // are added beside them.
     const tenant = tenantIsolation ? `${sp}.tenants.${identity.tenantId}` : undefined;
-    const node = new NodeEntry(identity, keys, [
-      stats.gauge(`${sp}.nodes.${identity.nodeId}`),
-      stats.gauge(`${sp}.worker_0.node.${identity.nodeId}`),
-      ...(tenant === undefined ? [] : [stats.gauge(`${tenant}.nodes.${identity.nodeId}`)]),
-    ]);
+    const node = new NodeEntry(
+      identity,
+      keys,
+      stats,
+      this.#revive([
+        `${sp}.nodes.${identity.nodeId}`,
+        `${sp}.worker_0.node.${identity.nodeId}`,
+        ...(tenant === undefined ? [] : [`${tenant}.nodes.${identity.nodeId}`]),
+      ]),
+    );
     if (this.#clusters.has(keys.node)) this.#warnCollision(identity.nodeId);
     this.#nodes.set(keys.node, node);
     let cluster = this.#clusters.get(keys.cluster);
     if (cluster === undefined) {
-      cluster = new ClusterEntry([
-        stats.gauge(`${sp}.clusters.${identity.clusterId}`),
-        stats.gauge(`${sp}.worker_0.cluster.${identity.clusterId}`),
-        ...(tenant === undefined ? [] : [stats.gauge(`${tenant}.clusters.${identity.clusterId}`)]),
-      ]);
+      cluster = new ClusterEntry(
+        stats,
+        this.#revive([
+          `${sp}.clusters.${identity.clusterId}`,
+          `${sp}.worker_0.cluster.${identity.clusterId}`,
+          ...(tenant === undefined ? [] : [`${tenant}.clusters.${identity.clusterId}`]),
+        ]),
+      );
       this.#clusters.set(keys.cluster, cluster);
       if (this.#nodes.has(keys.cluster)) this.#warnCollision(identity.clusterId);
     }
     cluster.nodes.push(node);
     return node;
+  }
+
+  /** Stat names of a node or cluster that is back (or new): no longer candidates for removal. */
+  #revive(names: readonly string[]): readonly string[] {
+    for (const name of names) this.#departedStats.delete(name);
+    return names;
+  }
+
+  /**
+   * Keeps a departed node's or cluster's gauges, reading 0, and removes the oldest such gauges past
+   * `maxDepartedStats`. A name still above 0 belongs to a live entry as well (the aggregate gauges
+   * use bare ids, which two tenants can share under isolation): it is only forgotten here, and
+   * comes back when that entry departs.
+   */
+  #depart(names: readonly string[]): void {
+    const { stats, maxDepartedStats } = this.#options;
+    for (const name of names) {
+      this.#departedStats.delete(name);
+      this.#departedStats.add(name);
+    }
+    for (const name of this.#departedStats) {
+      if (this.#departedStats.size <= maxDepartedStats) break;
+      this.#departedStats.delete(name);
+      if (stats.value(name) === 0) stats.remove(name);
+    }
   }
 
   #warnCollision(id: string): void {
@@ -526,7 +572,11 @@ export class TunnelRegistry {
     this.#nodes.delete(node.key);
     for (const wake of node.waiting.splice(0)) wake();
     removeFrom(cluster.nodes, node);
-    if (cluster.nodes.length === 0) this.#clusters.delete(node.clusterKey);
+    this.#depart(node.statNames);
+    if (cluster.nodes.length === 0) {
+      this.#clusters.delete(node.clusterKey);
+      this.#depart(cluster.statNames);
+    }
     if (this.#nodes.size === 0) {
       const waiters = this.#emptyWaiters;
       this.#emptyWaiters = [];

@@ -91,6 +91,7 @@ export class Responder extends EventEmitter<ResponderEvents> {
       tenantIsolation: config.enable_tenant_isolation,
       http2: config.http2,
       pendingRequests: config.pending_requests,
+      maxDepartedStats: config.max_departed_stats,
       onEvent: (tunnel, event) => this.#onTunnelEvent(tunnel, event),
       onPingAck: (tunnel, ms) => this.emit('http2_ping_ack', tunnel.identity, ms),
     });

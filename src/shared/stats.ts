@@ -3,8 +3,9 @@
  * renders snapshots of this registry and owns no state. Stats are declared by the code that counts
  * them, like Envoy's ALL_*_STATS macros next to their filter.
  *
- * A stat, once created, lives as long as the registry (as in Envoy): a gauge for a node that went
- * away reads 0 rather than vanishing.
+ * A stat, once created, lives as long as the registry (as in Envoy), unless its owner removes it: a
+ * gauge for a node that went away reads 0 rather than vanishing, until the responder's bound on
+ * such gauges (`max_departed_stats`) removes the oldest.
  */
 
 export type StatType = 'counter' | 'gauge';
@@ -63,6 +64,11 @@ export class StatsRegistry {
   /** The current value of a stat, or undefined when it was never created. */
   value(name: string): number | undefined {
     return this.#stats.get(name)?.value;
+  }
+
+  /** Removes a stat; a later `counter`/`gauge` call with its name starts it at 0 again. */
+  remove(name: string): void {
+    this.#stats.delete(name);
   }
 
   /** Every stat, sorted by name (Envoy's `/stats` order). */
