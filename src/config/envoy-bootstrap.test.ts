@@ -188,6 +188,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
       // Schema defaults the bootstrap has no field for.
       allow_insecure: false,
       pending_requests: { max_per_node: 1024, timeout: 5000 },
+      max_departed_stats: 10_000,
       http2: {
         max_header_list_size: 65_536,
         max_session_memory: 10,
