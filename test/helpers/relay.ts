@@ -1,6 +1,7 @@
 /**
  * A TCP relay between an initiator and a responder that can stop passing bytes in either
- * direction without closing anything: the path looks alive to both ends (a black-holed link).
+ * direction without closing anything: the path looks alive to both ends (a black-holed link), or
+ * cut every connection it carries at once, both sides (a killed tunnel).
  */
 import net, { type Socket } from 'node:net';
 import type { HostPort } from '../../src/shared/address.ts';
@@ -8,6 +9,8 @@ import type { HostPort } from '../../src/shared/address.ts';
 export class Relay {
   readonly #server: net.Server;
   readonly #sockets = new Set<Socket>();
+  /** Open connections, as [from the initiator, to the responder]. */
+  readonly #connections = new Set<readonly [Socket, Socket]>();
   /** While true, bytes from the initiator are dropped. */
   dropFromInitiator = false;
   /** While true, bytes from the responder are dropped. */
@@ -17,11 +20,14 @@ export class Relay {
   constructor(target: HostPort) {
     this.#server = net.createServer((inbound) => {
       const outbound = net.connect(target.port, target.host);
+      const connection = [inbound, outbound] as const;
+      this.#connections.add(connection);
       for (const socket of [inbound, outbound]) {
         this.#sockets.add(socket);
         socket.on('error', () => {});
         socket.on('close', () => {
           this.#sockets.delete(socket);
+          this.#connections.delete(connection);
           inbound.destroy();
           outbound.destroy();
         });
@@ -45,6 +51,28 @@ export class Relay {
   blackHole(): void {
     this.dropFromInitiator = true;
     this.dropFromResponder = true;
+  }
+
+  /** Connections open now (each is a socket from the initiator and one to the responder). */
+  get connections(): number {
+    return this.#connections.size;
+  }
+
+  /**
+   * Ends every open connection now, both sides at once: with `reset` an RST to each end
+   * (`resetAndDestroy`), with `destroy` a FIN. New connections are relayed as before. Returns how
+   * many connections were cut.
+   */
+  cut(how: 'reset' | 'destroy' = 'reset'): number {
+    const connections = [...this.#connections];
+    this.#connections.clear();
+    for (const sockets of connections) {
+      for (const socket of sockets) {
+        if (how === 'reset') socket.resetAndDestroy();
+        else socket.destroy();
+      }
+    }
+    return connections.length;
   }
 
   async close(): Promise<void> {
