@@ -109,7 +109,9 @@ function runRole(role: RoleName): void {
   const wake = () => {
     for (const waiter of [...tunnelWaiters]) waiter();
   };
-  const send = (answer: Answer) => process.send?.(answer);
+  // With a callback, a parent that is gone is an error passed here, not an 'error' event on
+  // `process` that would kill the role: there is no one left to answer.
+  const send = (answer: Answer) => process.send?.(answer, undefined, undefined, () => {});
 
   /** Resolves once `held()` reaches `atLeast`; rejects after `callTimeoutMs`. */
   const tunnelsAtLeast = (atLeast: number) =>
