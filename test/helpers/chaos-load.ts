@@ -5,9 +5,10 @@
  * - `service PORT`: the initiator host's local service on 127.0.0.1:PORT. `POST /echo` answers 200
  *   with the request body and its SHA-256 in `x-sha256`; `GET /slow?ms=N` prints `slow request
  *   started` and answers 200 `slow done` after N ms. Prints `listening` once up.
- * - `load URL HOST_ID DURATION_MS CONCURRENCY DEADLINE_MS`: for DURATION_MS, CONCURRENCY loops POST
- *   random bodies (0–32 KiB) to URL/echo with `x-cluster-id: HOST_ID` and check the echoed body's
- *   checksum. Prints one JSON line per request (`{"start","end","bytes","kind","status"?,"error"?}`, times
+ * - `load URL HOST_ID DURATION_MS CONCURRENCY DEADLINE_MS [BIG_BYTES]`: for DURATION_MS,
+ *   CONCURRENCY loops POST random bodies (0–32 KiB) to URL/echo with `x-cluster-id: HOST_ID` and
+ *   check the echoed body's checksum; with BIG_BYTES, the first loop sends bodies of exactly that
+ *   many bytes instead. Prints one JSON line per request (`{"start","end","bytes","kind","status"?,"error"?}`, times
  *   in ms since the epoch) and a last line `{"done":true}`. A request not answered within
  *   DEADLINE_MS is cut off and counted `hang`; so the script ends within DURATION_MS + DEADLINE_MS.
  */
@@ -72,8 +73,9 @@ function once(
   hostId: string,
   agent: http.Agent,
   deadlineMs: number,
+  bodyBytes: number,
 ): Promise<LoadResult> {
-  const body = randomBytes(Math.floor(Math.random() * 32 * 1024));
+  const body = randomBytes(bodyBytes);
   const start = Date.now();
   return new Promise((resolve) => {
     let settled = false;
@@ -119,19 +121,22 @@ async function load(
   durationMs: number,
   concurrency: number,
   deadlineMs: number,
+  bigBytes: number | undefined,
 ): Promise<void> {
   const url = new URL('/echo', base);
   const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
   const until = Date.now() + durationMs;
-  const worker = async () => {
+  const worker = async (index: number) => {
     while (Date.now() < until) {
-      const result = await once(url, hostId, agent, deadlineMs);
+      const bytes =
+        index === 0 && bigBytes !== undefined ? bigBytes : Math.floor(Math.random() * 32 * 1024);
+      const result = await once(url, hostId, agent, deadlineMs, bytes);
       process.stdout.write(`${JSON.stringify(result)}\n`);
       // Not a hot loop of 503s while the tunnel is down; a short pause between successes too.
       await delay(result.kind === 'ok' ? 2 : 25);
     }
   };
-  await Promise.all(Array.from({ length: concurrency }, worker));
+  await Promise.all(Array.from({ length: concurrency }, (_, index) => worker(index)));
   agent.destroy();
   process.stdout.write(`${JSON.stringify({ done: true })}\n`);
 }
@@ -140,10 +145,13 @@ if (process.argv[1]?.endsWith('chaos-load.ts') === true) {
   const [mode, ...args] = process.argv.slice(2);
   if (mode === 'service') service(Number(args[0]));
   else if (mode === 'load') {
-    const [base = '', hostId = '', duration, concurrency, deadline] = args;
-    await load(base, hostId, Number(duration), Number(concurrency), Number(deadline));
+    const [base = '', hostId = '', duration, concurrency, deadline, big] = args;
+    const bigBytes = big === undefined ? undefined : Number(big);
+    await load(base, hostId, Number(duration), Number(concurrency), Number(deadline), bigBytes);
   } else {
-    process.stderr.write('usage: chaos-load.ts service PORT | load URL HOST_ID MS N DEADLINE_MS\n');
+    process.stderr.write(
+      'usage: chaos-load.ts service PORT | load URL HOST_ID MS N DEADLINE_MS [BIG_BYTES]\n',
+    );
     process.exit(2);
   }
 }
