@@ -9,12 +9,16 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { startInitiator, type Initiator } from '../../src/initiator/initiator.ts';
 import { startResponder, type Responder } from '../../src/responder/responder.ts';
+import type { HostPort } from '../../src/shared/address.ts';
 import { request, startService, type TestService } from '../helpers/http.ts';
 import { pollUntil } from '../helpers/process.ts';
+import { FaultProxy } from '../helpers/fault-proxy.ts';
 import { Relay } from '../helpers/relay.ts';
 import { tunnelsRegistered, waitForEvent } from '../helpers/tunnels.ts';
 
 const pingMs = 300;
+/** The body sent over a throttled link: four seconds' worth at 128 KiB/s. */
+const slowBodyBytes = 512 * 1024;
 /** interval + its jitter + timeout, and room for timers on a loaded machine. */
 const detectionBoundMs = pingMs * 1.15 + pingMs + 1_000;
 
@@ -27,6 +31,7 @@ describe('HTTP/2 keepalive on a tunnel in use', () => {
     // Answers /hang never (until the test ends), anything else at once.
     service = await startService((req: IncomingMessage, res: ServerResponse) => {
       if (req.url === '/hang') held.push(res);
+      else if (req.url === `/bytes/${slowBodyBytes}`) res.end(Buffer.alloc(slowBodyBytes, 7));
       else res.end('ok');
     });
   });
@@ -38,14 +43,23 @@ describe('HTTP/2 keepalive on a tunnel in use', () => {
   });
 
   /** Responder ← relay ← initiator, each with its own PING settings; one tunnel up. */
-  async function linked(responderPing: string, initiatorPing: string) {
+  function linked(responderPing: string, initiatorPing: string) {
+    return linkedThrough((target) => new Relay(target).listen(), responderPing, initiatorPing);
+  }
+
+  /** Responder ← link ← initiator, where the test makes the link (a relay or a fault proxy). */
+  async function linkedThrough<Link extends { address: { port: number }; close(): Promise<void> }>(
+    link: (target: HostPort) => Promise<Link>,
+    responderPing: string,
+    initiatorPing: string,
+  ) {
     const responder: Responder = await startResponder({
       tunnel_listener: { address: '127.0.0.1:0', ping_interval: '60s' },
       egress_listeners: [{ address: '127.0.0.1:0' }],
       http2: { ping_interval: responderPing, ping_timeout: responderPing },
     });
     running.push(responder);
-    const relay = await new Relay(responder.addresses.tunnel).listen();
+    const relay = await link(responder.addresses.tunnel);
     running.push(relay);
     const registered = tunnelsRegistered(responder, 'n1');
     const initiator: Initiator = await startInitiator({
@@ -107,6 +121,40 @@ describe('HTTP/2 keepalive on a tunnel in use', () => {
     assert.equal(reason, 'http2_keepalive_timeout');
     t.diagnostic(`the initiator found the black-holed link after ${detectedMs} ms`);
     assert.ok(detectedMs < detectionBoundMs, `found after ${detectedMs} ms`);
+  });
+
+  it('keeps a slow link open while bytes arrive, though the ACK waits behind DATA', async (t) => {
+    // 128 KiB/s from the initiator: a PING ACK queues behind up to a window (64 KiB) of DATA, so it
+    // comes up to 0.5 s late, later than the responder's 200 ms timeout; but DATA keeps arriving.
+    const bytesPerSecond = 128 * 1024;
+    const { responder, initiator } = await linkedThrough(
+      (target) => FaultProxy.start({ target, upstream: { bytesPerSecond } }),
+      '200ms',
+      '60s',
+    );
+    let closes = 0;
+    responder.on('tunnel_closed', () => (closes += 1));
+    initiator.on('connection_closed', () => (closes += 1));
+    let acked = 0;
+    let slowest = 0;
+    responder.on('http2_ping_ack', (_identity: unknown, ms: number) => {
+      acked += 1;
+      slowest = Math.max(slowest, ms);
+    });
+    const started = Date.now();
+    const reply = await request(responder.addresses.egress[0]!, `/bytes/${slowBodyBytes}`, {
+      headers: { 'x-node-id': 'n1' },
+      timeoutMs: 20_000,
+    });
+    assert.equal(reply.status, 200);
+    assert.equal(reply.body.length, slowBodyBytes);
+    t.diagnostic(
+      `${slowBodyBytes / 1024} KiB at ${bytesPerSecond / 1024} KiB/s in ${Date.now() - started} ms; ` +
+        `${acked} PINGs acknowledged, the slowest after ${Math.round(slowest)} ms (timeout 200 ms)`,
+    );
+    assert.equal(closes, 0);
+    // Else the test proves nothing: the ACKs must have come later than the timeout.
+    assert.ok(slowest > 200, `slowest ACK after ${slowest} ms`);
   });
 
   it('keeps a healthy tunnel in use open across many PINGs', async () => {
