@@ -1,0 +1,53 @@
+/** haproxy as a one-hop HTTP proxy, one thread, server-side connection reuse. */
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { freePort, waitForBody } from '../lib/net.ts';
+import { smallBody } from '../lib/origin.ts';
+import { start } from '../lib/processes.ts';
+import type { Contender } from './contender.ts';
+
+export const haproxy: Contender = {
+  name: 'haproxy',
+  description: 'haproxy one-hop mode http, nbthread 1, http-reuse safe',
+  tools: ['haproxy'],
+  role: 'peer',
+  async start({ origin, workDir, tools }) {
+    const dir = path.join(workDir, 'haproxy');
+    await mkdir(dir, { recursive: true });
+    const port = await freePort();
+    const conf = `global
+  # Each connection is two fds; haproxy refuses to start if it cannot have 2 × maxconn.
+  maxconn 8000
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  option http-keep-alive
+frontend bench
+  bind 127.0.0.1:${port}
+  default_backend origin
+backend origin
+  http-reuse safe
+  server origin 127.0.0.1:${origin.port} maxconn 8000
+`;
+    const confFile = path.join(dir, 'haproxy.cfg');
+    await writeFile(confFile, conf);
+    const proc = start('haproxy', tools.get('haproxy') ?? 'haproxy', ['-db', '-f', confFile]);
+    const url = `http://127.0.0.1:${port}`;
+    try {
+      await waitForBody(`${url}/small`, {}, smallBody.trim(), 'haproxy');
+    } catch (error) {
+      await proc.stop();
+      throw new Error(`${(error as Error).message}\nhaproxy: ${proc.output()}`, { cause: error });
+    }
+    return {
+      url,
+      headers: {},
+      h2: { unavailable: 'not measured (HTTP/2 is measured for revtun and direct)' },
+      pids: [proc.pid],
+      stop: () => proc.stop(),
+    };
+  },
+};
