@@ -1,16 +1,28 @@
 import assert from 'node:assert/strict';
-import http2, { type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
+import { once } from 'node:events';
+import http2, {
+  type ClientHttp2Session,
+  type ClientHttp2Stream,
+  type Http2Session,
+  type Http2Stream,
+} from 'node:http2';
 import type { AddressInfo } from 'node:net';
+import { Duplex } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
+import {
+  clientPreface,
+  emptySettings,
+  encodeFrame,
+  frameType,
+  settingsAck,
+} from '../../test/helpers/h2-frames.ts';
 import { pollUntil } from '../../test/helpers/process.ts';
 import { contentLength, watchEndStream } from './http2-stream.ts';
 
 /**
- * Streams read only after their whole exchange arrived. The soak (`npm run soak`, roles in separate
- * processes) found the case where Node then closes the stream before it pushes the EOF, as for a
- * reset, and took 1.6 % of its requests (every response with an empty body, at times); this
- * in-process setup does not reproduce that order reliably, so these tests pin what must hold
- * either way: a complete response is complete, a cut-off one with RST_STREAM(NO_ERROR) is not.
+ * Streams read only after their whole exchange arrived: Node still pushes the EOF of END_STREAM
+ * while the stream is open, paused or not (the frames below, fed in one chunk, show the same), so
+ * these pin what must hold: a complete response is complete, a cut-off one is not.
  */
 describe('watchEndStream on a stream read late', () => {
   let server: http2.Http2Server;
@@ -84,6 +96,183 @@ describe('watchEndStream on a stream read late', () => {
     assert.equal(complete, false);
     // Node 20 still delivers the 7 bytes that came before the reset; Node 22 and 24 drop them.
     assert.ok(['partial', ''].includes(body), `body ${JSON.stringify(body)}`);
+  });
+});
+
+/**
+ * The far end of a session as bytes: what a test pushes is the session's input, in one chunk, so
+ * that Node handles every frame in it before any `process.nextTick` runs (as for a non-native
+ * socket, or the bytes the initiator unshifts before its handshake); what the session writes is
+ * kept, to know when a frame of its own is out.
+ */
+class Wire extends Duplex {
+  #written = Buffer.alloc(0);
+
+  override _read(): void {}
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: () => void): void {
+    this.#written = Buffer.concat([this.#written, chunk]);
+    this.emit('wrote');
+    callback();
+  }
+
+  /** Waits (bounded) until the session has written a frame of `type` on stream `id`. */
+  async wrote(type: number, id: number): Promise<void> {
+    const signal = AbortSignal.timeout(5_000);
+    while (!this.#hasFrame(type, id)) await once(this, 'wrote', { signal });
+  }
+
+  #hasFrame(type: number, id: number): boolean {
+    // A client's bytes start with the preface; a server's with a frame.
+    let offset = this.#written.subarray(0, 3).toString() === 'PRI' ? clientPreface.length : 0;
+    while (offset + 9 <= this.#written.length) {
+      const length = this.#written.readUIntBE(offset, 3);
+      const stream = this.#written.readUInt32BE(offset + 5) & 0x7fffffff;
+      if (this.#written[offset + 3] === type && stream === id) return true;
+      offset += 9 + length;
+    }
+    return false;
+  }
+}
+
+const endStreamFlag = 0x1;
+const endHeadersFlag = 0x4;
+/**
+ * HPACK (RFC 7541): :method POST, :scheme http, :path / from the static table, then :authority
+ * "t" as a literal without indexing (nghttp2 wants :authority or host).
+ */
+const postRequest = Buffer.from([0x83, 0x86, 0x84, 0x01, 0x01, 0x74]);
+/** HPACK :status 200. */
+const okResponse = Buffer.from([0x88]);
+
+function data(text: string, flags = 0): Buffer {
+  return encodeFrame(frameType.data, flags, 1, Buffer.from(text));
+}
+
+function rstStream(code: number): Buffer {
+  const payload = Buffer.alloc(4);
+  payload.writeUInt32BE(code);
+  return encodeFrame(frameType.rstStream, 0, 1, payload);
+}
+
+/** How the far end ends stream 1 after its first DATA frame. */
+type Ending = 'end_stream' | 'rst_stream_no_error' | 'session_death';
+
+function ending(how: Ending): Buffer {
+  if (how === 'end_stream') return data('chunk 2', endStreamFlag);
+  if (how === 'rst_stream_no_error') return rstStream(http2.constants.NGHTTP2_NO_ERROR);
+  return Buffer.alloc(0);
+}
+
+/** Feeds `frames`, a first DATA frame and the ending in one chunk. */
+function feed(wire: Wire, how: Ending, frames: Buffer[]): void {
+  wire.push(Buffer.concat([...frames, data('chunk 1 '), ending(how)]));
+}
+
+/**
+ * Reads `stream` to its end (or its close, without one) and says what `complete` made of it. Its
+ * listeners go on at once: a stream Node already closed may end within the same tick queue.
+ */
+function outcome(stream: Http2Stream, complete: () => boolean): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    const deadline = setTimeout(
+      () => reject(new Error('the stream neither ended nor closed')),
+      5_000,
+    );
+    const done = () => {
+      clearTimeout(deadline);
+      resolve(complete());
+    };
+    stream.once('end', done);
+    stream.once('close', done);
+    stream.resume();
+  });
+}
+
+describe('watchEndStream on frames handled before anyone watches', () => {
+  const sessions: Http2Session[] = [];
+
+  after(() => {
+    for (const session of sessions) session.destroy();
+  });
+
+  /**
+   * A chunked upload (no content-length) to a server session, watched where the local router
+   * watches it: in the 'stream' handler, which Node calls only after the whole chunk was handled.
+   */
+  async function upload(how: Ending): Promise<boolean> {
+    const wire = new Wire();
+    wire.on('error', () => {});
+    const session = http2.performServerHandshake(wire);
+    session.on('error', () => {});
+    sessions.push(session);
+    const served = new Promise<boolean>((resolve, reject) => {
+      const deadline = setTimeout(() => reject(new Error('no stream')), 5_000);
+      session.once('stream', (stream) => {
+        clearTimeout(deadline);
+        stream.on('error', () => {});
+        const complete = watchEndStream(stream);
+        // The session dies once the stream and its first bytes are in.
+        if (how === 'session_death') wire.destroy();
+        resolve(outcome(stream, complete));
+      });
+    });
+    feed(wire, how, [
+      Buffer.from(clientPreface),
+      emptySettings,
+      settingsAck,
+      encodeFrame(frameType.headers, endHeadersFlag, 1, postRequest),
+    ]);
+    return served;
+  }
+
+  /**
+   * A chunked response to a client stream watched from its request and paused until the whole
+   * chunk was handled: 'response' comes in a tick that runs only after it.
+   */
+  async function response(how: Ending): Promise<boolean> {
+    const wire = new Wire();
+    wire.on('error', () => {});
+    const session = http2.connect('http://tunnel.test', { createConnection: () => wire });
+    session.on('error', () => {});
+    sessions.push(session);
+    wire.push(Buffer.concat([emptySettings, settingsAck]));
+    const stream = session.request({ ':path': '/' }, { endStream: true });
+    stream.on('error', () => {});
+    const complete = watchEndStream(stream);
+    stream.pause();
+    // Frames on stream 1 are only valid once the client has sent its HEADERS.
+    await wire.wrote(frameType.headers, 1);
+    const responded = once(stream, 'response', { signal: AbortSignal.timeout(5_000) });
+    feed(wire, how, [encodeFrame(frameType.headers, endHeadersFlag, 1, okResponse)]);
+    await responded;
+    assert.equal(stream.isPaused(), true);
+    if (how === 'session_death') wire.destroy();
+    return outcome(stream, complete);
+  }
+
+  it('counts an upload whose END_STREAM came with its HEADERS as complete', async () => {
+    assert.equal(await upload('end_stream'), true);
+  });
+
+  it('counts an upload cut off by RST_STREAM(NO_ERROR) as incomplete', async () => {
+    assert.equal(await upload('rst_stream_no_error'), false);
+  });
+
+  it('counts an upload cut off by the session dying as incomplete', async () => {
+    assert.equal(await upload('session_death'), false);
+  });
+
+  it('counts a response whose END_STREAM came while it was paused as complete', async () => {
+    assert.equal(await response('end_stream'), true);
+  });
+
+  it('counts a paused response cut off by RST_STREAM(NO_ERROR) as incomplete', async () => {
+    assert.equal(await response('rst_stream_no_error'), false);
+  });
+
+  it('counts a paused response cut off by the session dying as incomplete', async () => {
+    assert.equal(await response('session_death'), false);
   });
 });
 

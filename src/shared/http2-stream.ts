@@ -19,25 +19,43 @@ export function resetStream(stream: Http2Stream, code: number, reason: string): 
 
 /**
  * Reports whether the peer really ended the stream with END_STREAM. Node ends a stream's readable
- * side in two ways: at END_STREAM (`onStreamRead` pushes EOF while the stream is still open) and
- * when the stream closes without it — RST_STREAM(NO_ERROR) or the session dying — where
- * `onStreamClose` marks it closed first and then pushes EOF. Both look like a normal 'end', and
- * `rstCode` is NO_ERROR in the first of those too, so the only difference is whether the stream
- * was already closed when EOF was pushed. This watches for that, once, on this stream only.
+ * side in two ways: at END_STREAM and when the stream closes without it — RST_STREAM(NO_ERROR) or
+ * the session dying. Both look like a normal 'end', and `rstCode` is NO_ERROR in the first of those
+ * too. This watches for the difference, once, on this stream only, with two signals:
  *
- * That order is not enough on its own: when END_STREAM arrives while the stream is not being read
- * (in the same read as the headers, or under backpressure), Node queues the EOF, closes the stream
- * and only then pushes it, exactly as for a reset. So a message that declared its length
- * (`content-length`, which nghttp2 checks against the DATA it received: a mismatch is a stream
- * error, never NO_ERROR) is also complete when all of it arrived and the stream closed with
- * NO_ERROR. `declaredLength` gives that length once it is known (the response's headers come
- * later than the stream).
+ * - The order of the EOF. For END_STREAM, nghttp2 calls `on_frame_recv` (Node's `HandleDataFrame`,
+ *   src/node_http2.cc, or `onSessionHeaders` for a HEADERS frame) before it shuts the stream's read
+ *   side and closes it, and Node pushes the EOF right there, synchronously, whether or not the
+ *   stream is being read. Without END_STREAM the EOF comes from `onStreamClose`
+ *   (lib/internal/http2/core.js), which marks the stream closed first. So EOF pushed while
+ *   `!stream.closed` is END_STREAM.
+ * - nghttp2's own record, `stream.state.remoteClose`: 1 once the peer's END_STREAM shut the read
+ *   side (`nghttp2_session_get_stream_remote_close`). Only while the stream is open: closing shuts
+ *   both sides before `onStreamClose` runs, so a reset reads 1 there too, and once the stream is
+ *   gone `state` is empty. So it is read once, when watching starts, if the stream is not closed.
+ *
+ * The second is needed because whoever watches may come too late for the first: a server stream
+ * is handed over in a 'stream' event queued with `process.nextTick`, and when a session's input is
+ * fed from JavaScript (a non-native socket through JSStreamSocket, or the bytes the initiator
+ * unshifts before the HTTP/2 handshake, which Node passes to `receive()`), those ticks run only
+ * after the whole chunk: a request's HEADERS, DATA and END_STREAM may all have been handled, and
+ * the EOF pushed, before the 'stream' handler can watch. A stream watched from its creation (a
+ * client's request) needs only the first.
+ *
+ * Last, a message that declared its length (`content-length`, which nghttp2 checks against the
+ * DATA it received: a mismatch is a stream error, never NO_ERROR) is also complete when all of it
+ * arrived and the stream closed with NO_ERROR, with or without END_STREAM. Without it is what the
+ * soak saw: a peer's RST_STREAM(NO_ERROR) sent just after its body can go out ahead of the queued
+ * END_STREAM (the initiator's stop of an upload no longer needed does this; on Node 22 an empty
+ * response's HEADERS are dropped too), so that END_STREAM never comes. A chunked message cut that
+ * way is not complete on the wire either, and counts as incomplete. `declaredLength` gives that
+ * length once it is known (the response's headers come later than the stream).
  */
 export function watchEndStream(
   stream: Http2Stream,
   declaredLength: () => number | undefined = () => undefined,
 ): () => boolean {
-  let endStream = false;
+  let endStream = !stream.closed && remoteClosed(stream);
   // Bytes already buffered: a stream whose HEADERS, DATA and END_STREAM came in one read may have
   // had its body pushed before whoever handles it could watch.
   let received = stream.readableLength;
@@ -60,6 +78,14 @@ export function watchEndStream(
       stream.rstCode === http2.constants.NGHTTP2_NO_ERROR
     );
   };
+}
+
+/**
+ * Whether nghttp2 has shut the stream's read side; meaningful only while the stream is open (see
+ * above). `state` is `{}` once the stream is destroyed and all zeros once nghttp2 freed it.
+ */
+function remoteClosed(stream: Http2Stream): boolean {
+  return stream.state.remoteClose === 1;
 }
 
 /** A `content-length` header as a byte count, or undefined when absent or not one number. */
