@@ -12,7 +12,8 @@
  * of the rounds is kept. The table gives each median as a ratio to direct and to the best peer;
  * the JSON in bench/results/ keeps every sample, the options and the machine.
  *
- * Options: --quick (2 s per figure, 1 round, 64 MiB transfers, 1,000 tunnels, 100 initiators),
+ * Options: --quick (2 s per figure, 1 round, no warm-up, 64 MiB transfers, 500 tunnels,
+ * 50 initiators),
  * --only NAMES (comma-separated contenders), --rounds N, --seconds N, --transfer-mib N,
  * --tunnels N, --initiators N, --figures LIST (some of wrk,transfer,h2,scale; all by default).
  *
@@ -57,6 +58,10 @@ interface Options {
   readonly transferMiB: number;
   readonly tunnels: number;
   readonly initiators: number;
+  /** Idle time after the tunnels are up before the responder's RSS is read. */
+  readonly settleSeconds: number;
+  /** Unrecorded wrk run per contender before a figure's rounds. */
+  readonly warmupSeconds: number;
   readonly figures: ReadonlySet<Figure>;
   readonly only: readonly string[];
 }
@@ -115,8 +120,10 @@ function options(): Options {
     rounds: number(values.rounds, quick ? 1 : 3, 'rounds'),
     seconds: number(values.seconds, quick ? 2 : 15, 'seconds'),
     transferMiB: number(values['transfer-mib'], quick ? 64 : 1024, 'transfer-mib'),
-    tunnels: number(values.tunnels, quick ? 1000 : 10_000, 'tunnels'),
-    initiators: number(values.initiators, quick ? 100 : 1000, 'initiators'),
+    tunnels: number(values.tunnels, quick ? 500 : 10_000, 'tunnels'),
+    initiators: number(values.initiators, quick ? 50 : 1000, 'initiators'),
+    settleSeconds: quick ? 2 : 5,
+    warmupSeconds: quick ? 0 : 2,
     figures: new Set(figures as Figure[]),
     only,
   };
@@ -157,6 +164,7 @@ async function main(): Promise<number> {
   const failures: string[] = [];
   const descriptions: Results['contenders'] = {};
   const metrics: Metric[] = [];
+  const details: Record<string, unknown>[] = [];
   try {
     const origin: Origin = await startOrigin(
       workDir,
@@ -166,6 +174,7 @@ async function main(): Promise<number> {
     const context: Context = { origin, workDir, tools };
     const entries: Entry[] = [];
     for (const contender of chosen) {
+      if (interrupted) throw new Interrupted('interrupted');
       process.stdout.write(`  starting ${contender.name}: ${contender.description}\n`);
       try {
         entries.push({ contender, running: await contender.start(context) });
@@ -196,12 +205,14 @@ async function main(): Promise<number> {
     ) => {
       for (let round = 0; round < opts.rounds; round++) {
         for (const entry of rotated(list, round)) {
+          if (interrupted) throw new Interrupted('interrupted');
           process.stdout.write(
             `  [${label}] round ${round + 1}/${opts.rounds}: ${entry.contender.name}\n`,
           );
           try {
             await measure(entry);
           } catch (error) {
+            if (interrupted) throw new Interrupted('interrupted', { cause: error });
             failures.push(`${label} ${entry.contender.name}: ${(error as Error).message}`);
           }
         }
@@ -217,6 +228,18 @@ async function main(): Promise<number> {
       const p50 = newMetric(figure, 'p50', 'ms', 'lower');
       const p99 = newMetric(figure, 'p99', 'ms', 'lower');
       for (const metric of [rps, p50, p99]) failedStart(metric);
+      if (opts.warmupSeconds > 0) {
+        for (const { contender, running } of entries) {
+          process.stdout.write(`  [wrk -c${connections}] warm-up: ${contender.name}\n`);
+          await wrk({
+            wrk: wrkPath,
+            url: `${running.url}/small`,
+            headers: running.headers,
+            connections,
+            seconds: opts.warmupSeconds,
+          }).catch(() => undefined);
+        }
+      }
       await interleave(`wrk -c${connections}`, async ({ contender, running }) => {
         const result = await wrk({
           wrk: wrkPath,
@@ -320,10 +343,17 @@ async function main(): Promise<number> {
           `  [scale] round ${round + 1}/${opts.rounds}: ${opts.tunnels} tunnels\n`,
         );
         try {
-          const figures = await measureTunnels(workDir, opts.tunnels, origin.url);
+          const figures = await measureTunnels(
+            workDir,
+            opts.tunnels,
+            origin.url,
+            opts.settleSeconds,
+          );
+          details.push({ figure: 'tunnels', round: round + 1, ...figures });
           addSample(rss, 'revtun', figures.rssPerTunnelBytes / 1024);
           addSample(rate, 'revtun', figures.tunnelsPerSecond);
         } catch (error) {
+          if (interrupted) throw new Interrupted('interrupted', { cause: error });
           failures.push(`scale tunnels: ${(error as Error).message}`);
         }
         process.stdout.write(
@@ -331,8 +361,10 @@ async function main(): Promise<number> {
         );
         try {
           const figures = await measureRecovery(workDir, opts.initiators, origin.url);
+          details.push({ figure: 'recovery', round: round + 1, ...figures });
           addSample(recovery, 'revtun', figures.recoverySeconds);
         } catch (error) {
+          if (interrupted) throw new Interrupted('interrupted', { cause: error });
           failures.push(`scale recovery: ${(error as Error).message}`);
         }
       }
@@ -350,6 +382,7 @@ async function main(): Promise<number> {
       options: { ...opts },
       machine,
       contenders: descriptions,
+      details,
       metrics: metrics.map((m) => ({
         figure: m.figure,
         name: m.name,
@@ -381,15 +414,26 @@ async function main(): Promise<number> {
 
 /** This run's temp dir, removed on Ctrl-C too. */
 let runDir: string | undefined;
-let stopping = false;
+/** Set on SIGINT/SIGTERM: the run stops at the next measurement and writes no results. */
+let interrupted = false;
+
+class Interrupted extends Error {}
+
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.on(signal, () => {
-    if (stopping) return;
-    stopping = true;
+    if (interrupted) return;
+    interrupted = true;
     process.stdout.write(`\nbench: ${signal}, stopping every process started\n`);
-    void stopAll()
-      .then(() => (runDir === undefined ? undefined : rm(runDir, { recursive: true, force: true })))
-      .finally(() => process.exit(130));
+    // Stopping the children ends what main() waits on; it then cleans up and returns.
+    void stopAll();
+    // A wait that is not on a child (a poll, a sleep) has its own deadline; past this, leave.
+    setTimeout(() => {
+      void stopAll()
+        .then(() =>
+          runDir === undefined ? undefined : rm(runDir, { recursive: true, force: true }),
+        )
+        .finally(() => process.exit(130));
+    }, 20_000).unref();
   });
 }
 
@@ -399,6 +443,11 @@ main().then(
   },
   async (error: unknown) => {
     await stopAll();
+    if (error instanceof Interrupted) {
+      process.stdout.write('bench: interrupted; no results written\n');
+      process.exitCode = 130;
+      return;
+    }
     process.stderr.write(`${(error as Error).message}\n`);
     process.exitCode = 1;
   },

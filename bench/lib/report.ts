@@ -142,6 +142,8 @@ export interface Results {
   readonly options: Record<string, unknown>;
   readonly machine: Machine;
   readonly contenders: Record<string, { description: string; error?: string }>;
+  /** Raw figures of revtun's scale measurements, per round. */
+  readonly details: readonly Record<string, unknown>[];
   readonly metrics: readonly {
     figure: string;
     name: string;

@@ -93,6 +93,7 @@ export async function measureTunnels(
   workDir: string,
   tunnels: number,
   originUrl: string,
+  settleSeconds: number,
 ): Promise<TunnelFigures> {
   const nofile = await nofileForSockets(tunnels);
   const responder = await startRevtunResponder(workDir, 'scale-responder', '127.0.0.1:0', nofile);
@@ -111,8 +112,8 @@ export async function measureTunnels(
       (s) => s.tunnels >= count * each,
       300_000,
     );
-    // Idle: past a few RPING intervals (2 s) so that what is counted is what an idle tunnel keeps.
-    await sleep(5_000);
+    // Idle: past RPING intervals (2 s) so that what is counted is what an idle tunnel keeps.
+    await sleep(settleSeconds * 1000);
     const rssWithTunnelsBytes = await rssBytes(responder.process.pid);
     const establishSeconds = (upAt - dialledAt) / 1000;
     return {
