@@ -16,7 +16,7 @@ import { Pool, type Dispatcher } from 'undici';
 import type { LocalRouteConfig } from '../config/schema.ts';
 import { describeError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
-import { contentLength, watchEndStream } from '../shared/http2-stream.ts';
+import { contentLength, stopUpload, watchEndStream } from '../shared/http2-stream.ts';
 import { findRoute, pathOf, type RouteMatch } from '../shared/route-match.ts';
 import type { Logger } from '../shared/logger.ts';
 
@@ -151,18 +151,10 @@ export class LocalRouter {
       return;
     }
     // A complete response while the request body is still coming: ask the responder to stop
-    // sending it (RST_STREAM NO_ERROR after END_STREAM, RFC 9113 §8.1).
+    // sending it (RST_STREAM NO_ERROR after END_STREAM, RFC 9113 §8.1). Only then: a reset per
+    // request would trip the peer's rapid-reset guard.
     if (hasBody) stopUpload(stream);
   }
-}
-
-/**
- * After a complete response, asks the responder to stop sending a request body that is still
- * coming (RST_STREAM NO_ERROR after END_STREAM, RFC 9113 §8.1). Only then: a reset per request
- * would trip the peer's rapid-reset guard.
- */
-function stopUpload(stream: ServerHttp2Stream): void {
-  if (!stream.readableEnded && !stream.closed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
 }
 
 /**

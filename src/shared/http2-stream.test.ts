@@ -3,11 +3,13 @@ import { once } from 'node:events';
 import http2, {
   type ClientHttp2Session,
   type ClientHttp2Stream,
+  type Http2Server,
   type Http2Session,
   type Http2Stream,
 } from 'node:http2';
 import type { AddressInfo } from 'node:net';
-import { Duplex } from 'node:stream';
+import { Duplex, Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { after, before, describe, it } from 'node:test';
 import {
   clientPreface,
@@ -17,7 +19,7 @@ import {
   settingsAck,
 } from '../../test/helpers/h2-frames.ts';
 import { pollUntil } from '../../test/helpers/process.ts';
-import { contentLength, watchEndStream } from './http2-stream.ts';
+import { contentLength, stopUpload, watchEndStream } from './http2-stream.ts';
 
 /**
  * Streams read only after their whole exchange arrived: Node still pushes the EOF of END_STREAM
@@ -274,6 +276,59 @@ describe('watchEndStream on frames handled before anyone watches', () => {
   it('counts a paused response cut off by the session dying as incomplete', async () => {
     assert.equal(await response('session_death'), false);
   });
+});
+
+describe('stopUpload', () => {
+  let server: Http2Server;
+  let client: ClientHttp2Session;
+  /** What the server sends before asking the client to stop its upload. */
+  const responses = [0, 10, 100_000];
+
+  before(async () => {
+    server = http2.createServer();
+    server.on('stream', (stream, headers) => {
+      stream.on('error', () => {});
+      const size = Number(headers['x-size']);
+      stream.respond({ ':status': 200 });
+      // An answer that ends at once, the request body still open: as the initiator's local
+      // router does with a service that answers before reading the whole upload.
+      void pipeline(Readable.from(size === 0 ? [] : [Buffer.alloc(size, 97)]), stream).then(() =>
+        stopUpload(stream),
+      );
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    client = http2.connect(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+    client.on('error', () => {});
+  });
+
+  after(async () => {
+    client?.close();
+    server?.close();
+    if (server !== undefined) await once(server, 'close');
+  });
+
+  for (const size of responses) {
+    it(`lets the whole ${size}-byte response out before the reset (50 times)`, async () => {
+      const outcomes: string[] = [];
+      for (let i = 0; i < 50; i += 1) {
+        const stream = client.request(
+          { ':path': '/', ':method': 'POST', 'x-size': String(size) },
+          { endStream: false },
+        );
+        stream.on('error', () => {});
+        stream.write(Buffer.alloc(16, 1));
+        const complete = watchEndStream(stream);
+        let status: unknown;
+        let received = 0;
+        stream.on('response', (headers) => (status = headers[':status']));
+        stream.on('data', (chunk: Buffer) => (received += chunk.length));
+        await once(stream, 'close');
+        outcomes.push(`${String(status)} ${received} ${complete() ? 'complete' : 'cut off'}`);
+      }
+      assert.deepEqual(new Set(outcomes), new Set([`200 ${size} complete`]));
+    });
+  }
 });
 
 describe('contentLength', () => {

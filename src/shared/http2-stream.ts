@@ -88,6 +88,33 @@ function remoteClosed(stream: Http2Stream): boolean {
   return stream.state.remoteClose === 1;
 }
 
+/** First and longest wait between checks of whether END_STREAM has left, ms (see stopUpload). */
+const stopUploadFirstWaitMs = 5;
+const stopUploadMaxWaitMs = 500;
+
+/**
+ * After a complete response, asks the peer to stop sending a request body that is still coming:
+ * RST_STREAM(NO_ERROR) after END_STREAM (RFC 9113 §8.1). The reset waits until nghttp2 has sent
+ * END_STREAM (`state.localClose`): `close()` puts RST_STREAM ahead of HEADERS and DATA still queued
+ * in nghttp2, which cuts the response off (an empty one loses its END_STREAM; on Node 22 even its
+ * HEADERS go), and the caller of a complete answer gets a 502. Checked on the next turn of the
+ * event loop, then at growing intervals for a response held back by flow control; nothing is done
+ * once the upload has ended or the stream has closed.
+ */
+export function stopUpload(stream: Http2Stream): void {
+  let waitMs = 0;
+  const attempt = () => {
+    if (stream.readableEnded || stream.closed || stream.destroyed) return;
+    if (stream.state.localClose === 1) {
+      stream.close(http2.constants.NGHTTP2_NO_ERROR);
+      return;
+    }
+    waitMs = Math.min(stopUploadMaxWaitMs, Math.max(stopUploadFirstWaitMs, waitMs * 2));
+    setTimeout(attempt, waitMs).unref();
+  };
+  setImmediate(attempt);
+}
+
 /** A `content-length` header as a byte count, or undefined when absent or not one number. */
 export function contentLength(value: string | string[] | undefined): number | undefined {
   if (typeof value !== 'string' || !/^\d{1,15}$/.test(value)) return undefined;
