@@ -206,9 +206,9 @@ export function chaosHosts() {
     );
   /**
    * The close reasons of every tunnel of `node` closed so far, from the responder's lifecycle log
-   * and that node's initiator's.
+   * and that node's initiator's; only those logged between `from` and `to` (epoch ms) if given.
    */
-  const tunnelCloses = async (node = 'edge-1') => {
+  const tunnelCloses = async (node = 'edge-1', from = -Infinity, to = Infinity) => {
     const read = async (file: string, event: string) => {
       const text = await readFile(join(dir, file), 'utf8').catch(() => '');
       return (
@@ -218,9 +218,18 @@ export function chaosHosts() {
           .filter((line) => line.startsWith('{') && line.endsWith('}'))
           .map(
             (line) =>
-              JSON.parse(line) as { event: string; node_id?: string; close_reason?: string },
+              JSON.parse(line) as {
+                time: string;
+                event: string;
+                node_id?: string;
+                close_reason?: string;
+              },
           )
           .filter((record) => record.event === event)
+          .filter((record) => {
+            const at = Date.parse(record.time);
+            return at >= from && at <= to;
+          })
           .filter((record) => record.node_id === undefined || record.node_id === node)
           .map((record) => record.close_reason ?? '?')
       );
