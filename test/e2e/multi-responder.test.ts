@@ -102,6 +102,34 @@ async function statReaches(initiator: Initiator, name: string, expected: number)
   if (reached()) return;
   await waitForEvent(initiator, 'lifecycle', reached);
 }
+/** An initiator of `node` dialling every address `lookup` gives for the shared name, on `port`. */
+function initiatorByName(
+  node: string,
+  port: number,
+  service: TestService,
+  lookup: HostLookup,
+): Promise<Initiator> {
+  return startInitiator(
+    {
+      node_id: node,
+      cluster_id: 'edges',
+      tenant_id: 't1',
+      stat_prefix: prefix,
+      // A name is beyond loopback as far as the security check can tell.
+      allow_insecure: true,
+      remote_clusters: [
+        {
+          name: 'upstream-cluster',
+          hosts: [`${name}:${port}`],
+          tunnels_per_host: tunnelsPerHost,
+          resolve_interval: '1h', // the tests re-resolve with resolveHosts()
+        },
+      ],
+      local_routes: [{ prefix: '/', target: service.target }],
+    },
+    { lookup },
+  );
+}
 const toNode = (node: string) => ({ headers: { 'x-node-id': node }, timeoutMs: 10_000 });
 
 describe('an initiator dialling every responder behind one name', () => {
@@ -120,28 +148,7 @@ describe('an initiator dialling every responder behind one name', () => {
     const registered = responders.map((responder) =>
       tunnelsRegistered(responder, 'edge-1', tunnelsPerHost),
     );
-    initiators.push(
-      await startInitiator(
-        {
-          node_id: 'edge-1',
-          cluster_id: 'edges',
-          tenant_id: 't1',
-          stat_prefix: prefix,
-          // A name is beyond loopback as far as the security check can tell.
-          allow_insecure: true,
-          remote_clusters: [
-            {
-              name: 'upstream-cluster',
-              hosts: [`${name}:${port}`],
-              tunnels_per_host: tunnelsPerHost,
-              resolve_interval: '1h', // the test re-resolves with resolveHosts()
-            },
-          ],
-          local_routes: [{ prefix: '/', target: service.target }],
-        },
-        { lookup: dns.lookup },
-      ),
-    );
+    initiators.push(await initiatorByName('edge-1', port, service, dns.lookup));
     await Promise.all(registered);
   });
 
@@ -335,25 +342,7 @@ describe('a responder that drains while the initiator reaches others (issue 5 it
     const registered = responders.map((responder) =>
       tunnelsRegistered(responder, 'edge-d', tunnelsPerHost),
     );
-    initiator = await startInitiator(
-      {
-        node_id: 'edge-d',
-        cluster_id: 'edges',
-        tenant_id: 't1',
-        stat_prefix: prefix,
-        allow_insecure: true,
-        remote_clusters: [
-          {
-            name: 'upstream-cluster',
-            hosts: [`${name}:${port}`],
-            tunnels_per_host: tunnelsPerHost,
-            resolve_interval: '1h',
-          },
-        ],
-        local_routes: [{ prefix: '/', target: service.target }],
-      },
-      { lookup: controlledLookup(addresses).lookup },
-    );
+    initiator = await initiatorByName('edge-d', port, service, controlledLookup(addresses).lookup);
     await Promise.all(registered);
   });
 
