@@ -34,7 +34,7 @@ import { sshN, sshTty } from './contenders/ssh.ts';
 import { ssh2 } from './contenders/ssh2.ts';
 import { h2load, transfer, wrk } from './lib/load.ts';
 import { startOrigin, type Origin } from './lib/origin.ts';
-import { stopAll } from './lib/processes.ts';
+import { cpuSeconds, stopAll } from './lib/processes.ts';
 import { addSample, newMetric, rows, table, type Metric, type Results } from './lib/report.ts';
 import { measureRecovery, measureTunnels } from './lib/scale.ts';
 import { describeMachine, requireTools } from './lib/tools.ts';
@@ -227,7 +227,9 @@ async function main(): Promise<number> {
       const rps = newMetric(figure, 'req/s', 'req/s', 'higher');
       const p50 = newMetric(figure, 'p50', 'ms', 'lower');
       const p99 = newMetric(figure, 'p99', 'ms', 'lower');
-      for (const metric of [rps, p50, p99]) failedStart(metric);
+      // The contender's own processes (not the origin's, not wrk's): what one request costs it.
+      const cpu = newMetric(figure, 'contender CPU per request', 'µs', 'lower');
+      for (const metric of [rps, p50, p99, cpu]) failedStart(metric);
       if (opts.warmupSeconds > 0) {
         for (const { contender, running } of entries) {
           process.stdout.write(`  [wrk -c${connections}] warm-up: ${contender.name}\n`);
@@ -241,6 +243,7 @@ async function main(): Promise<number> {
         }
       }
       await interleave(`wrk -c${connections}`, async ({ contender, running }) => {
+        const cpuBefore = await cpuSeconds(running.pids);
         const result = await wrk({
           wrk: wrkPath,
           url: `${running.url}/small`,
@@ -252,8 +255,14 @@ async function main(): Promise<number> {
         addSample(rps, contender.name, result.requestsPerSecond, result.errors);
         addSample(p50, contender.name, result.p50Ms, result.errors);
         addSample(p99, contender.name, result.p99Ms, result.errors);
+        if (running.pids.length > 0 && result.requests > 0) {
+          const used = (await cpuSeconds(running.pids)) - cpuBefore;
+          addSample(cpu, contender.name, (used / result.requests) * 1e6);
+        } else if (running.pids.length === 0) {
+          cpu.notes.set(contender.name, 'no process of its own');
+        }
       });
-      metrics.push(...(connections === 1 ? [p50, p99] : [rps, p50, p99]));
+      metrics.push(...(connections === 1 ? [p50, p99] : [rps, p50, p99, cpu]));
     }
 
     for (const direction of opts.figures.has('transfer') ? (['download', 'upload'] as const) : []) {

@@ -14,7 +14,18 @@ import { stopEach, type Contender, type Running } from './contender.ts';
 export const cliMain = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 export const benchNode = 'bench-node';
 
-/** `revtun ROLE --config FILE` in a process of its own (via tsx, as in the README). */
+/**
+ * How revtun is run: from source through tsx (as the README does), or, with
+ * BENCH_REVTUN_MAIN=dist/cli/main.js (after `npm run build`), the compiled JavaScript, to tell the
+ * cost of tsx's hooks apart from revtun's own.
+ */
+function revtunCommand(): string[] {
+  const main = process.env.BENCH_REVTUN_MAIN;
+  if (main === undefined || main === '') return ['--import', 'tsx', cliMain];
+  return main.endsWith('.ts') ? ['--import', 'tsx', main] : [main];
+}
+
+/** `revtun ROLE --config FILE` in a process of its own. */
 export function revtunProcess(
   name: string,
   role: string,
@@ -24,7 +35,7 @@ export function revtunProcess(
   return start(
     name,
     process.execPath,
-    ['--import', 'tsx', cliMain, role, '--config', configFile, '--log-level', 'warn'],
+    [...revtunCommand(), role, '--config', configFile, '--log-level', 'warn'],
     nofile === undefined ? {} : { nofile },
   );
 }

@@ -185,3 +185,43 @@ export async function rssBytes(pid: number): Promise<number> {
   if (match?.[1] === undefined) throw new Error(`no VmRSS for pid ${pid}`);
   return Number(match[1]) * 1024;
 }
+
+/** Clock ticks per second of /proc's utime and stime (USER_HZ, 100 on Linux). */
+const ticksPerSecond = 100;
+
+/**
+ * CPU time (user + system, seconds) used so far by `roots` and every process descended from them
+ * (nginx's workers, sshd's per-connection children, ssh under `script`), from /proc.
+ */
+export async function cpuSeconds(roots: readonly number[]): Promise<number> {
+  const { readdir, readFile } = await import('node:fs/promises');
+  const table = new Map<number, { ppid: number; ticks: number }>();
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = await readFile(`/proc/${entry}/stat`, 'utf8');
+      // Fields after the command name, which is in parentheses and may hold spaces.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      table.set(Number(entry), {
+        ppid: Number(fields[1]),
+        ticks: Number(fields[11]) + Number(fields[12]),
+      });
+    } catch {
+      // Gone since readdir.
+    }
+  }
+  const wanted = new Set(roots);
+  let grew = true;
+  while (grew) {
+    grew = false;
+    for (const [pid, { ppid }] of table) {
+      if (!wanted.has(pid) && wanted.has(ppid)) {
+        wanted.add(pid);
+        grew = true;
+      }
+    }
+  }
+  let ticks = 0;
+  for (const pid of wanted) ticks += table.get(pid)?.ticks ?? 0;
+  return ticks / ticksPerSecond;
+}
