@@ -388,7 +388,7 @@ async function main(): Promise<number> {
     const results: Results = {
       startedAt,
       quick: opts.quick,
-      options: { ...opts },
+      options: { ...opts, figures: [...opts.figures] },
       machine,
       contenders: descriptions,
       details,

@@ -20,9 +20,14 @@ export const benchNode = 'bench-node';
  * cost of tsx's hooks apart from revtun's own.
  */
 function revtunCommand(): string[] {
+  // Extra node flags for both roles, e.g. BENCH_REVTUN_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/p"
+  // (--cpu-prof is not allowed in NODE_OPTIONS).
+  const nodeArgs = (process.env.BENCH_REVTUN_NODE_ARGS ?? '')
+    .split(' ')
+    .filter((arg) => arg !== '');
   const main = process.env.BENCH_REVTUN_MAIN;
-  if (main === undefined || main === '') return ['--import', 'tsx', cliMain];
-  return main.endsWith('.ts') ? ['--import', 'tsx', main] : [main];
+  if (main === undefined || main === '') return [...nodeArgs, '--import', 'tsx', cliMain];
+  return main.endsWith('.ts') ? [...nodeArgs, '--import', 'tsx', main] : [...nodeArgs, main];
 }
 
 /** `revtun ROLE --config FILE` in a process of its own. */
