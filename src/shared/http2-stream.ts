@@ -1,6 +1,6 @@
 /**
- * Two facts about Node's HTTP/2 streams (lib/internal/http2/core.js) that a proxy must work around
- * to never pass a truncated body off as complete.
+ * Facts about Node's HTTP/2 streams (lib/internal/http2/core.js) that a proxy must work around to
+ * never pass a truncated body off as complete, nor cut off a complete one.
  */
 import http2, { type Http2Stream } from 'node:http2';
 
@@ -46,8 +46,9 @@ export function resetStream(stream: Http2Stream, code: number, reason: string): 
  * DATA it received: a mismatch is a stream error, never NO_ERROR) is also complete when all of it
  * arrived and the stream closed with NO_ERROR, with or without END_STREAM. Without it is what the
  * soak saw: a peer's RST_STREAM(NO_ERROR) sent just after its body can go out ahead of the queued
- * END_STREAM (the initiator's stop of an upload no longer needed does this; on Node 22 an empty
- * response's HEADERS are dropped too), so that END_STREAM never comes. A chunked message cut that
+ * END_STREAM (the initiator's stop of an upload no longer needed did this until `stopUpload` waited
+ * for END_STREAM to leave; on Node 22 an empty response's HEADERS were dropped too), so that
+ * END_STREAM never comes. Another peer may still do it. A chunked message cut that
  * way is not complete on the wire either, and counts as incomplete. `declaredLength` gives that
  * length once it is known (the response's headers come later than the stream).
  */
