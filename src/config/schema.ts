@@ -233,6 +233,28 @@ const http2Limits = z.strictObject({
   /** Streams refused before the session is closed (Node's maxSessionRejectedStreams). */
   max_rejected_streams: z.int().min(0).max(100_000).default(100),
   /**
+   * Flow-control windows this side announces, bytes: per stream (SETTINGS_INITIAL_WINDOW_SIZE) and
+   * for the whole session (a WINDOW_UPDATE on stream 0). They bound what the peer may send before
+   * this side reads, so they bound memory too; HTTP/2's 64 KiB default caps one stream at one
+   * window per round trip.
+   */
+  stream_window: z
+    .int()
+    .min(65_535)
+    .max(2 ** 31 - 1)
+    .default(1024 * 1024),
+  connection_window: z
+    .int()
+    .min(65_535)
+    .max(2 ** 31 - 1)
+    .default(4 * 1024 * 1024),
+  /** SETTINGS_MAX_FRAME_SIZE: the largest frame this side accepts, bytes. */
+  max_frame_size: z
+    .int()
+    .min(16_384)
+    .max(2 ** 24 - 1)
+    .default(16_384),
+  /**
    * Liveness of a tunnel that carries HTTP/2: a PING this often (plus 0–15 % jitter), which must
    * be acknowledged within `ping_timeout`, or the tunnel is closed (`http2_keepalive_timeout`) and
    * its streams fail. A dead link is found within interval + timeout.

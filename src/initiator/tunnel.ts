@@ -18,7 +18,11 @@ import http2, {
 import type { Socket } from 'node:net';
 import { RPING, RpingInterceptor } from '../protocol/rping.ts';
 import { keepAlive } from '../shared/http2-keepalive.ts';
-import { http2SessionOptions, type Http2LimitsConfig } from '../shared/http2-limits.ts';
+import {
+  http2SessionOptions,
+  openConnectionWindow,
+  type Http2LimitsConfig,
+} from '../shared/http2-limits.ts';
 
 export type TunnelCloseReason =
   | 'peer_close'
@@ -124,6 +128,7 @@ export class InitiatorTunnel {
     session.on('error', () => {
       // Followed by 'close', which reports the end of the tunnel.
     });
+    openConnectionWindow(session, this.#options.limits);
     session.on('stream', this.#options.onStream);
     keepAlive(session, {
       intervalMs: this.#options.limits.ping_interval,

@@ -11,7 +11,11 @@ import http2, {
 import type { Socket } from 'node:net';
 import type { Identity } from '../protocol/handshake.ts';
 import { keepAlive } from '../shared/http2-keepalive.ts';
-import { http2SessionOptions, type Http2LimitsConfig } from '../shared/http2-limits.ts';
+import {
+  http2SessionOptions,
+  openConnectionWindow,
+  type Http2LimitsConfig,
+} from '../shared/http2-limits.ts';
 
 export interface TunnelSessionOptions {
   readonly identity: Identity;
@@ -67,6 +71,7 @@ export class TunnelSession {
     this.#session.on('error', (error: Error) => {
       this.#error = error;
     });
+    openConnectionWindow(this.#session, options.limits);
     this.#session.on('remoteSettings', (settings: http2.Settings) => {
       this.#peerLimit = settings.maxConcurrentStreams;
     });

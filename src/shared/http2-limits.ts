@@ -4,7 +4,7 @@
  * that goes past one has the offending stream reset or the session closed; neither takes the
  * process down (Node's lib/internal/http2/core.js and src/node_http2.cc enforce them).
  */
-import type { ServerSessionOptions } from 'node:http2';
+import type { Http2Session, ServerSessionOptions } from 'node:http2';
 
 /** The `http2` block of either role's config (config/schema.ts `http2Limits`). */
 export interface Http2LimitsConfig {
@@ -16,6 +16,12 @@ export interface Http2LimitsConfig {
   readonly max_invalid_frames: number;
   /** Streams refused before the session is closed (Node's maxSessionRejectedStreams). */
   readonly max_rejected_streams: number;
+  /** Receive window announced per stream (SETTINGS_INITIAL_WINDOW_SIZE), bytes. */
+  readonly stream_window: number;
+  /** Receive window of the whole session (WINDOW_UPDATE on stream 0), bytes. */
+  readonly connection_window: number;
+  /** SETTINGS_MAX_FRAME_SIZE announced, bytes. */
+  readonly max_frame_size: number;
   /** A PING this often, ms (shared/http2-keepalive.ts). */
   readonly ping_interval: number;
   /** …acknowledged within this, ms, or the session is closed. */
@@ -42,6 +48,24 @@ export function http2SessionOptions(limits: Http2LimitsConfig): ServerSessionOpt
     maxSessionMemory: limits.max_session_memory,
     maxSessionInvalidFrames: limits.max_invalid_frames,
     maxSessionRejectedStreams: limits.max_rejected_streams,
-    settings: { enablePush: false, maxHeaderListSize: limits.max_header_list_size },
+    settings: {
+      enablePush: false,
+      maxHeaderListSize: limits.max_header_list_size,
+      initialWindowSize: limits.stream_window,
+      maxFrameSize: limits.max_frame_size,
+    },
   };
+}
+
+/**
+ * Opens the session's own receive window to `connection_window` (SETTINGS cannot: the connection
+ * window starts at 65 535 bytes and only a WINDOW_UPDATE on stream 0 moves it, RFC 9113 §6.9.2).
+ * Node sends that update once the session is connected.
+ */
+export function openConnectionWindow(session: Http2Session, limits: Http2LimitsConfig): void {
+  const apply = () => {
+    if (!session.destroyed) session.setLocalWindowSize(limits.connection_window);
+  };
+  if (session.connecting) session.once('connect', apply);
+  else apply();
 }

@@ -14,6 +14,7 @@ import {
   frameType,
   goawayOf,
   readFrame,
+  readAckAndWindowUpdate,
 } from '../helpers/h2-frames.ts';
 import { startNamedService, type TestService } from '../helpers/http.ts';
 import { waitForEvent } from '../helpers/tunnels.ts';
@@ -186,7 +187,7 @@ describe('echo mode', () => {
     const { initiator, tunnel } = await idleTunnel();
     tunnel.peer.write(Buffer.concat([Buffer.from(clientPreface, 'latin1'), emptySettings]));
     await assertHttp2Started(tunnel);
-    await readFrame(tunnel.peer); // the ACK of our SETTINGS
+    await readAckAndWindowUpdate(tunnel.peer);
     tunnel.ping();
     assert.equal(await tunnel.silentFor(100), true, 'no echo once HTTP/2 runs');
     assert.equal(

@@ -21,6 +21,8 @@ import {
   frameType,
   readFrame,
   settingsAck,
+  readAckAndWindowUpdate,
+  windowIncrementOf,
 } from '../helpers/h2-frames.ts';
 import { waitForEvent } from '../helpers/tunnels.ts';
 
@@ -95,10 +97,15 @@ describe('the request an initiator sends', () => {
     tunnel.peer.write(Buffer.concat([Buffer.from(clientPreface, 'latin1'), emptySettings]));
     const settings = await readFrame(tunnel.peer);
     assert.deepEqual([settings.type, settings.flags, settings.stream], [frameType.settings, 0, 0]);
-    const ack = await readFrame(tunnel.peer);
+    const { ack, windowUpdate } = await readAckAndWindowUpdate(tunnel.peer);
     assert.deepEqual(
       [ack.type, ack.flags, ack.stream, ack.payload.length],
       [frameType.settings, ackFlag, 0, 0],
+    );
+    // The connection window opened from HTTP/2's 65 535 to http2.connection_window's default.
+    assert.deepEqual(
+      [windowUpdate.stream, windowIncrementOf(windowUpdate)],
+      [0, 4 * 1024 * 1024 - 65_535],
     );
     tunnel.peer.write(settingsAck);
     assert.equal(await tunnel.silentFor(100), true, 'an idle HTTP/2 server sends nothing more');

@@ -14,10 +14,33 @@ import { silentLogger } from '../../src/shared/logger.ts';
 import { envoyHandshakeRequest, FakeInitiator } from '../helpers/fake-initiator.ts';
 import { FakeResponder, type FakeTunnel } from '../helpers/fake-responder.ts';
 import { request, startService, type TestService } from '../helpers/http.ts';
+import { pollUntil } from '../helpers/process.ts';
 import { responderOnFreePorts, waitForEvent } from '../helpers/tunnels.ts';
 
 const maxHeaderListSize = 4096;
 const { NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_PROTOCOL_ERROR } = http2.constants;
+
+/** The defaults of `http2.stream_window` and `http2.connection_window`. */
+const defaultStreamWindow = 1024 * 1024;
+const defaultConnectionWindow = 4 * 1024 * 1024;
+
+/**
+ * Resolves once the peer has opened the session's window to `connection_window`: what `session`
+ * may still send (its remote window) is above HTTP/2's initial 65 535 bytes, by at most the few
+ * bytes the test has sent since.
+ */
+async function windowOpened(session: http2.Http2Session): Promise<void> {
+  await pollUntil(
+    'the WINDOW_UPDATE on stream 0',
+    () => Promise.resolve((session.state.remoteWindowSize ?? 0) > 65_535),
+    { timeoutMs: 5_000, intervalMs: 5 },
+  );
+  const window = session.state.remoteWindowSize ?? 0;
+  assert.ok(
+    window <= defaultConnectionWindow && window > defaultConnectionWindow - 64 * 1024,
+    `remote window ${window}`,
+  );
+}
 
 /** A service that counts what reaches it and answers with the request line and host. */
 async function countingService(): Promise<TestService & { readonly seen: string[] }> {
@@ -115,6 +138,11 @@ describe("the responder's HTTP/2 client sessions", () => {
     assert.equal(session.remoteSettings.maxHeaderListSize, maxHeaderListSize);
   });
 
+  it('announces its flow-control windows: stream_window in SETTINGS, connection_window by WINDOW_UPDATE', async () => {
+    assert.equal(session.remoteSettings.initialWindowSize, defaultStreamWindow);
+    await windowOpened(session);
+  });
+
   it('refuses a response header block past max_header_list_size with a 502, and keeps the session', async () => {
     const reply = await request(egress(), '/huge-header', { headers: { 'x-node-id': 'fake' } });
     assert.equal(reply.status, 502);
@@ -182,6 +210,11 @@ describe("the initiator's HTTP/2 server sessions", () => {
     assert.equal(settings.enablePush, false);
     assert.equal(settings.maxHeaderListSize, maxHeaderListSize);
     assert.equal(settings.maxConcurrentStreams, 50);
+  });
+
+  it('announces its flow-control windows: stream_window in SETTINGS, connection_window by WINDOW_UPDATE', async () => {
+    assert.equal(peer.session.remoteSettings.initialWindowSize, defaultStreamWindow);
+    await windowOpened(peer.session);
   });
 
   it('resets a stream whose header block is past max_header_list_size; the service never sees it', async () => {

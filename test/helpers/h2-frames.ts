@@ -72,3 +72,27 @@ export function goawayOf(frame: Frame): { lastStreamId: number; errorCode: numbe
     errorCode: frame.payload.readUInt32BE(4),
   };
 }
+
+/** A WINDOW_UPDATE frame's increment (RFC 9113 §6.9). */
+export function windowIncrementOf(frame: Frame): number {
+  return frame.payload.readUInt32BE(0) & 0x7fffffff;
+}
+
+/**
+ * The two frames a revtun peer sends after its SETTINGS, in whichever order they come: the ACK of
+ * ours, and the WINDOW_UPDATE on stream 0 that opens its connection window (`http2.connection_window`).
+ * Anything else fails.
+ */
+export async function readAckAndWindowUpdate(
+  peer: RawPeer,
+): Promise<{ ack: Frame; windowUpdate: Frame }> {
+  const frames = [await readFrame(peer), await readFrame(peer)];
+  const ack = frames.find((frame) => frame.type === frameType.settings);
+  const windowUpdate = frames.find((frame) => frame.type === frameType.windowUpdate);
+  if (ack === undefined || windowUpdate === undefined) {
+    throw new Error(
+      `expected a SETTINGS ACK and a WINDOW_UPDATE, got types ${frames.map((frame) => frame.type).join(', ')}`,
+    );
+  }
+  return { ack, windowUpdate };
+}
