@@ -2,7 +2,7 @@
  * The initiator's local routes: each stream the responder opens on a tunnel is matched by path
  * prefix or exact path (first match wins, as Envoy's route table) and forwarded to a local service over HTTP/1.1
  * with an undici Pool per service. Unmatched paths get 404. Bodies stream both ways with
- * `stream.pipeline` and HTTP/2 flow control, never buffered whole.
+ * `pump` (pipeline's semantics, shared/pump.ts) and HTTP/2 flow control, never buffered whole.
  *
  * The initiator is never an open relay: the only places it connects to are the configured targets.
  * `:authority` is passed on as `host` and never picks a destination; CONNECT and extended CONNECT
@@ -11,7 +11,6 @@
  */
 import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import { PassThrough } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { Pool, type Dispatcher } from 'undici';
 import type { LocalRouteConfig } from '../config/schema.ts';
 import { describeError } from '../shared/errors.ts';
@@ -19,6 +18,7 @@ import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import { contentLength, stopUpload, watchEndStream } from '../shared/http2-stream.ts';
 import { findRoute, pathOf, type RouteMatch } from '../shared/route-match.ts';
 import type { Logger } from '../shared/logger.ts';
+import { pump } from '../shared/pump.ts';
 
 /** The `allow` of a 405 (RFC 9110 §15.5.6): every method but CONNECT is forwarded. */
 const allowedMethods = 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE';
@@ -140,9 +140,9 @@ export class LocalRouter {
     });
     stream.respond(response);
     try {
-      await pipeline(upstream.body, stream);
+      await pump(upstream.body, stream);
     } catch (error) {
-      // pipeline destroyed the stream with the error, which resets it (RST_STREAM): the responder
+      // pump destroyed the stream with the error, which resets it (RST_STREAM): the responder
       // aborts its caller instead of ending a truncated body cleanly.
       this.#logger.info(
         { target: route.target, path, err: error },

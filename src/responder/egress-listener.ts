@@ -25,7 +25,6 @@ import http2, { type ClientHttp2Stream, type OutgoingHttpHeaders } from 'node:ht
 import https from 'node:https';
 import type { Duplex } from 'node:stream';
 import { Transform, type TransformCallback } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import type { EgressListenerConfig } from '../config/schema.ts';
 import { handshakeHeaderNames } from '../protocol/handshake.ts';
 import { formatHostPort, type HostPort } from '../shared/address.ts';
@@ -35,6 +34,7 @@ import { maxHeaderListPairs } from '../shared/http2-limits.ts';
 import { contentLength, resetStream, watchEndStream } from '../shared/http2-stream.ts';
 import { findRoute, pathOf } from '../shared/route-match.ts';
 import { closeServer, listen } from '../shared/listen.ts';
+import { pump } from '../shared/pump.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { StatsRegistry } from '../shared/stats.ts';
 import { loadServerTls } from '../shared/tls-files.ts';
@@ -548,9 +548,9 @@ class BodyLimit extends Transform {
 
 /**
  * Sends the request body on the stream. With a limit, the body goes through a BodyLimit that the
- * request is piped into rather than pipelined with: pipeline() would destroy the request, and with
+ * request is piped into rather than pumped from: pump() (pipeline's semantics) would destroy the request, and with
  * it the caller's connection, before a 413 could be written. Past the limit, the BodyLimit fails
- * and pipeline() destroys the stream, which resets it without END_STREAM (http2-stream.ts): the
+ * and pump() destroys the stream, which resets it without END_STREAM (http2-stream.ts): the
  * initiator aborts the upload to its local service rather than finishing a truncated one.
  */
 function sendBody(
@@ -564,7 +564,7 @@ function sendBody(
       logger.debug({ err: error }, 'request body not fully forwarded');
     }
   };
-  if (limit.maxBytes === undefined) return pipeline(request, stream).catch(done);
+  if (limit.maxBytes === undefined) return pump(request, stream).catch(done);
   const counted = new BodyLimit(limit.maxBytes, limit.onExceeded);
   const onClose = () => {
     // The caller went away mid-upload: fail the stream, never end it.
@@ -572,7 +572,7 @@ function sendBody(
   };
   request.once('close', onClose);
   request.pipe(counted);
-  return pipeline(counted, stream)
+  return pump(counted, stream)
     .catch(done)
     .finally(() => {
       request.removeListener('close', onClose);
@@ -677,7 +677,7 @@ async function forward(options: ForwardOptions): Promise<'done' | 'retry'> {
       out[name] = value;
     });
     response.writeHead(status, out);
-    await pipeline(stream, response, { end: false });
+    await pump(stream, response, { end: false });
     if (!receivedEndStream()) {
       throw new RevtunError(
         'ERR_TUNNEL_FAILED',
