@@ -3,7 +3,8 @@
  * origin and gives back the URL (and headers) a load generator sends to, and a `stop()` that stops
  * every process it started, by PID.
  */
-import type { Origin } from '../lib/origin.ts';
+import { waitForBody } from '../lib/net.ts';
+import { smallBody, type Origin } from '../lib/origin.ts';
 
 export interface Context {
   readonly origin: Origin;
@@ -44,4 +45,31 @@ export async function stopEach(stops: readonly (() => Promise<void>)[]): Promise
       // Keep stopping the rest.
     }
   }
+}
+
+/**
+ * A peer that serves plain HTTP/1.1 at `url` with no extra headers, once its small body comes
+ * back through it; if it does not, `stop()` is called and the error carries `output()` (what its
+ * processes printed).
+ */
+export async function runningPeer(
+  name: string,
+  url: string,
+  pids: readonly number[],
+  stop: () => Promise<void>,
+  output: () => string,
+): Promise<Running> {
+  try {
+    await waitForBody(`${url}/small`, {}, smallBody.trim(), name);
+  } catch (error) {
+    await stop();
+    throw new Error(`${(error as Error).message}\n${output()}`, { cause: error });
+  }
+  return {
+    url,
+    headers: {},
+    h2: { unavailable: 'not measured (HTTP/2 is measured for revtun and direct)' },
+    pids,
+    stop,
+  };
 }

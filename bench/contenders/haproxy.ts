@@ -1,10 +1,9 @@
 /** haproxy as a one-hop HTTP proxy, one thread, server-side connection reuse. */
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { freePort, waitForBody } from '../lib/net.ts';
-import { smallBody } from '../lib/origin.ts';
+import { freePort } from '../lib/net.ts';
 import { start } from '../lib/processes.ts';
-import type { Contender } from './contender.ts';
+import { runningPeer, type Contender } from './contender.ts';
 
 export const haproxy: Contender = {
   name: 'haproxy',
@@ -35,19 +34,12 @@ backend origin
     const confFile = path.join(dir, 'haproxy.cfg');
     await writeFile(confFile, conf);
     const proc = start('haproxy', tools.get('haproxy') ?? 'haproxy', ['-db', '-f', confFile]);
-    const url = `http://127.0.0.1:${port}`;
-    try {
-      await waitForBody(`${url}/small`, {}, smallBody.trim(), 'haproxy');
-    } catch (error) {
-      await proc.stop();
-      throw new Error(`${(error as Error).message}\nhaproxy: ${proc.output()}`, { cause: error });
-    }
-    return {
-      url,
-      headers: {},
-      h2: { unavailable: 'not measured (HTTP/2 is measured for revtun and direct)' },
-      pids: [proc.pid],
-      stop: () => proc.stop(),
-    };
+    return runningPeer(
+      'haproxy',
+      `http://127.0.0.1:${port}`,
+      [proc.pid],
+      () => proc.stop(),
+      () => `haproxy: ${proc.output()}`,
+    );
   },
 };

@@ -5,10 +5,9 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { nginxHttpCommon, nginxPreamble } from '../lib/origin.ts';
-import { freePort, waitForBody } from '../lib/net.ts';
+import { freePort } from '../lib/net.ts';
 import { start } from '../lib/processes.ts';
-import { smallBody } from '../lib/origin.ts';
-import type { Contender } from './contender.ts';
+import { runningPeer, type Contender } from './contender.ts';
 
 export const nginx: Contender = {
   name: 'nginx',
@@ -38,19 +37,12 @@ ${nginxHttpCommon(dir)}
     const confFile = path.join(dir, 'nginx.conf');
     await writeFile(confFile, conf);
     const proc = start('nginx proxy', tools.get('nginx') ?? 'nginx', ['-p', dir, '-c', confFile]);
-    const url = `http://127.0.0.1:${port}`;
-    try {
-      await waitForBody(`${url}/small`, {}, smallBody.trim(), 'nginx proxy');
-    } catch (error) {
-      await proc.stop();
-      throw new Error(`${(error as Error).message}\nnginx: ${proc.output()}`, { cause: error });
-    }
-    return {
-      url,
-      headers: {},
-      h2: { unavailable: 'not measured (HTTP/2 is measured for revtun and direct)' },
-      pids: [proc.pid],
-      stop: () => proc.stop(),
-    };
+    return runningPeer(
+      'nginx proxy',
+      `http://127.0.0.1:${port}`,
+      [proc.pid],
+      () => proc.stop(),
+      () => `nginx: ${proc.output()}`,
+    );
   },
 };

@@ -7,10 +7,9 @@
  * interactive session (a tty), and without it Nagle's algorithm delays small writes (the
  * difference is the point of measuring both).
  */
-import { freePort, waitForBody } from '../lib/net.ts';
-import { smallBody } from '../lib/origin.ts';
+import { freePort } from '../lib/net.ts';
 import { start } from '../lib/processes.ts';
-import { stopEach, type Contender, type Running } from './contender.ts';
+import { runningPeer, stopEach, type Contender, type Running } from './contender.ts';
 import { sshClientOptions, startSshd } from './sshd.ts';
 
 /** Quotes one word for `sh -c`. */
@@ -43,19 +42,13 @@ function sshContender(name: string, withTty: boolean): Contender {
             ])
           : start(`${name} client`, ssh, ['-N', ...sshClientOptions(sshd), '-R', forward, target]);
         stops.push(() => client.stop());
-        const url = `http://127.0.0.1:${port}`;
-        await waitForBody(`${url}/small`, {}, smallBody.trim(), name).catch((error: Error) => {
-          throw new Error(
-            `${error.message}\nssh: ${client.output()}\nsshd: ${sshd.process.output()}`,
-          );
-        });
-        return {
-          url,
-          headers: {},
-          h2: { unavailable: 'not measured (HTTP/2 is measured for revtun and direct)' },
-          pids: [sshd.process.pid, client.pid],
-          stop: () => stopEach(stops),
-        };
+        return await runningPeer(
+          name,
+          `http://127.0.0.1:${port}`,
+          [sshd.process.pid, client.pid],
+          () => stopEach(stops),
+          () => `ssh: ${client.output()}\nsshd: ${sshd.process.output()}`,
+        );
       } catch (error) {
         await stopEach(stops);
         throw error;

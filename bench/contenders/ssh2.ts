@@ -1,9 +1,8 @@
 /** The pure-JS `ssh2` npm client doing -R against the local sshd (ssh2-client-main.ts). */
 import { fileURLToPath } from 'node:url';
-import { freePort, waitForBody } from '../lib/net.ts';
-import { smallBody } from '../lib/origin.ts';
+import { freePort } from '../lib/net.ts';
 import { start } from '../lib/processes.ts';
-import { stopEach, type Contender, type Running } from './contender.ts';
+import { runningPeer, stopEach, type Contender, type Running } from './contender.ts';
 import { startSshd } from './sshd.ts';
 
 const main = fileURLToPath(new URL('./ssh2-client-main.ts', import.meta.url));
@@ -32,15 +31,13 @@ export const ssh2: Contender = {
       ]);
       stops.push(() => client.stop());
       await client.waitForOutput(/^forwarding$/m);
-      const url = `http://127.0.0.1:${port}`;
-      await waitForBody(`${url}/small`, {}, smallBody.trim(), 'ssh2-js');
-      return {
-        url,
-        headers: {},
-        h2: { unavailable: 'not measured (HTTP/2 is measured for revtun and direct)' },
-        pids: [sshd.process.pid, client.pid],
-        stop: () => stopEach(stops),
-      };
+      return await runningPeer(
+        'ssh2-js',
+        `http://127.0.0.1:${port}`,
+        [sshd.process.pid, client.pid],
+        () => stopEach(stops),
+        () => `ssh2-js: ${client.output()}\nsshd: ${sshd.process.output()}`,
+      );
     } catch (error) {
       await stopEach(stops);
       throw error;
