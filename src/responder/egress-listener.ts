@@ -78,10 +78,33 @@ const maxRequestHeaderFields = maxHeaderListPairs - pseudoHeaderCount;
  */
 const keptHeaderFields = 1000;
 
+type EgressRouteConfig = EgressListenerConfig['routes'][number];
+
+/**
+ * What a route needs per request, worked out once: its routing headers and the names of its stats
+ * (building them for every request showed in profiles).
+ */
+interface RoutePlan {
+  readonly hostIdHeaders: readonly string[];
+  readonly tenantHeaders: readonly string[];
+  /** The host id and tenant headers, each once. */
+  readonly routingHeaders: readonly string[];
+  /** Headers never forwarded on this route: host (sent as :authority), routing and identity. */
+  readonly dropped: ReadonlySet<string>;
+  readonly cluster: string;
+  readonly stats: {
+    readonly requests: string;
+    readonly retries: string;
+    readonly connectFailures: string;
+    readonly noneHealthy: string;
+  };
+}
+
 export class EgressListener {
   readonly #options: EgressListenerOptions;
   readonly #callers: EgressCallers | undefined;
   readonly #identityHeaders: readonly string[];
+  readonly #routePlans: ReadonlyMap<EgressRouteConfig, RoutePlan>;
   #server: http.Server | undefined;
   #script: RequestScript | undefined;
   #draining = false;
@@ -90,7 +113,14 @@ export class EgressListener {
     this.#options = options;
     const { callers } = options.config;
     this.#callers = callers === undefined ? undefined : new EgressCallers(callers);
-    this.#identityHeaders = Object.values(handshakeHeaderNames(options.identityHeaderPrefix));
+    const identityHeaders = Object.values(handshakeHeaderNames(options.identityHeaderPrefix));
+    this.#identityHeaders = identityHeaders;
+    this.#routePlans = new Map(
+      options.config.routes.map((route) => [
+        route,
+        routePlan(route, options.config, identityHeaders),
+      ]),
+    );
   }
 
   /** Loads the request script and the TLS files, if any, then listens. */
@@ -272,10 +302,9 @@ export class EgressListener {
       reply(response, 404, `no route for path ${pathOnly}`);
       return;
     }
-    const hostIdHeaders = route.host_id_headers ?? config.host_id_headers;
-    const tenantHeaders = route.tenant_id_headers ?? config.tenant_id_headers ?? [];
-    const routingHeaders = [...new Set([...hostIdHeaders, ...tenantHeaders])];
-    const repeated = routingHeaders.find((name) => isRepeated(request, headers, name));
+    const plan = this.#routePlans.get(route) ?? routePlan(route, config, this.#identityHeaders);
+    const { hostIdHeaders, tenantHeaders, routingHeaders } = plan;
+    const repeated = repeatedHeader(request, headers, routingHeaders);
     if (repeated !== undefined) {
       reply(response, 400, `duplicate routing header ${repeated}`);
       return;
@@ -283,7 +312,7 @@ export class EgressListener {
     const hostId = firstHeader(headers, hostIdHeaders);
     if (hostId === undefined) {
       const status = config.no_host_id_status;
-      if (status === 503) stats.counter(`cluster.${route.cluster}.upstream_cx_none_healthy`).inc();
+      if (status === 503) stats.counter(plan.stats.noneHealthy).inc();
       reply(response, status, `no routing header: send one of ${hostIdHeaders.join(', ')}`);
       return;
     }
@@ -297,14 +326,14 @@ export class EgressListener {
       }
       tenantId = tenant;
     }
-    const cluster = `cluster.${route.cluster}`;
+    const cluster = plan.cluster;
     const allowed = caller === undefined ? undefined : (node: NodeEntry) => mayReach(caller, node);
     const node = registry.resolve(hostId, tenantId, allowed);
     if (node === undefined) {
       this.#noNode(response, { cluster, hostId, tenantId, caller });
       return;
     }
-    const forwarded = this.#forwardedHeaders(request, headers, routingHeaders, node);
+    const forwarded = forwardedHeaders(request, headers, plan.dropped, node);
     const fields = countFields(forwarded);
     if (fields > maxHeaderListPairs) {
       tooManyHeaderFields(response, `${fields - pseudoHeaderCount}`);
@@ -328,17 +357,17 @@ export class EgressListener {
           );
           return;
         }
-        stats.counter(`${cluster}.upstream_cx_connect_fail`).inc();
+        stats.counter(plan.stats.connectFailures).inc();
         // Busy is a moment's overload: say when to come back, as a 503 should (RFC 9110 §10.2.3).
         const retry = isRevtunError(error, 'ERR_TUNNEL_BUSY') ? { 'retry-after': '1' } : {};
         reply(response, error.status, `${error.message} (host id ${hostId})`, retry);
         return;
       }
       if (attempt === 0) {
-        stats.counter(`${cluster}.upstream_rq_total`).inc();
+        stats.counter(plan.stats.requests).inc();
         if (expectsContinue) response.writeContinue();
       } else {
-        stats.counter(`${cluster}.upstream_rq_retry`).inc();
+        stats.counter(plan.stats.retries).inc();
       }
       const outcome = await forward({
         request,
@@ -397,39 +426,79 @@ export class EgressListener {
       );
     }
   }
+}
 
-  /** The HTTP/2 request headers: the request's end-to-end headers less the routing ones. */
-  #forwardedHeaders(
-    request: IncomingMessage,
-    headers: RequestHeaders,
-    routingHeaders: readonly string[],
-    node: NodeEntry,
-  ): OutgoingHttpHeaders {
-    const fields = headers.toObject();
-    const host = fields['host'];
-    const out: OutgoingHttpHeaders = {
-      ':method': request.method ?? 'GET',
-      ':path': request.url ?? '/',
-      ':scheme': 'http',
-      ':authority': (Array.isArray(host) ? host[0] : host) ?? node.nodeId,
-    };
-    const dropped = new Set(['host', ...routingHeaders, ...this.#identityHeaders]);
-    forEachEndToEndHeader(fields, (name, value) => {
-      if (!dropped.has(name)) out[name] = value;
-    });
-    return out;
-  }
+function routePlan(
+  route: EgressRouteConfig,
+  config: EgressListenerConfig,
+  identityHeaders: readonly string[],
+): RoutePlan {
+  const hostIdHeaders = route.host_id_headers ?? config.host_id_headers;
+  const tenantHeaders = route.tenant_id_headers ?? config.tenant_id_headers ?? [];
+  const routingHeaders = [...new Set([...hostIdHeaders, ...tenantHeaders])];
+  const cluster = `cluster.${route.cluster}`;
+  return {
+    hostIdHeaders,
+    tenantHeaders,
+    routingHeaders,
+    dropped: new Set(['host', ...routingHeaders, ...identityHeaders]),
+    cluster,
+    stats: {
+      requests: `${cluster}.upstream_rq_total`,
+      retries: `${cluster}.upstream_rq_retry`,
+      connectFailures: `${cluster}.upstream_cx_connect_fail`,
+      noneHealthy: `${cluster}.upstream_cx_none_healthy`,
+    },
+  };
+}
+
+/** The HTTP/2 request headers: the request's end-to-end headers less the `dropped` ones. */
+function forwardedHeaders(
+  request: IncomingMessage,
+  headers: RequestHeaders,
+  dropped: ReadonlySet<string>,
+  node: NodeEntry,
+): OutgoingHttpHeaders {
+  const fields = headers.view();
+  const host = fields['host'];
+  const out: OutgoingHttpHeaders = {
+    ':method': request.method ?? 'GET',
+    ':path': request.url ?? '/',
+    ':scheme': 'http',
+    ':authority': (Array.isArray(host) ? host[0] : host) ?? node.nodeId,
+  };
+  forEachEndToEndHeader(fields, (name, value) => {
+    if (!dropped.has(name)) out[name] = value;
+  });
+  return out;
 }
 
 /**
- * True if a routing header came on more than one line (Node joins most repeated headers with ", "
- * and keeps only the first of some) or holds a list: ids never contain a comma, so "a, b" is two
- * values however it arrived. Either way, which one routes would be a guess.
+ * The first routing header that came on more than one line (Node joins most repeated headers with
+ * ", " and keeps only the first of some) or holds a list: ids never contain a comma, so "a, b" is
+ * two values however it arrived. Either way, which one routes would be a guess. The lines are
+ * counted in `rawHeaders` (what `headersDistinct` holds, without building it for every header).
  */
-function isRepeated(request: IncomingMessage, headers: RequestHeaders, name: string): boolean {
-  return (
-    (request.headersDistinct[name]?.length ?? 0) > 1 || (headers.get(name)?.includes(',') ?? false)
-  );
+function repeatedHeader(
+  request: IncomingMessage,
+  headers: RequestHeaders,
+  names: readonly string[],
+): string | undefined {
+  for (const name of names) {
+    if (headers.get(name)?.includes(',') === true || receivedLines(request, name) > 1) return name;
+  }
+  return undefined;
+}
+
+/** How many lines of the request's head carry this (lower-case) header. */
+function receivedLines(request: IncomingMessage, name: string): number {
+  const raw = request.rawHeaders;
+  let lines = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const field = raw[i] as string;
+    if (field.length === name.length && field.toLowerCase() === name) lines += 1;
+  }
+  return lines;
 }
 
 /** Header fields as the HTTP/2 stream sends them: each value of a list is a field. */

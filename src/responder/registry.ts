@@ -151,6 +151,9 @@ class ClusterEntry {
   }
 }
 
+/** `resolve`'s default: every node is acceptable (one function, not one per call). */
+const acceptAny = (): boolean => true;
+
 export class TunnelRegistry {
   readonly #options: RegistryOptions;
   readonly #nodes = new Map<string, NodeEntry>();
@@ -294,7 +297,7 @@ export class TunnelRegistry {
   resolve(
     hostId: string,
     tenantId = '',
-    accept: (node: NodeEntry) => boolean = () => true,
+    accept: (node: NodeEntry) => boolean = acceptAny,
   ): NodeEntry | undefined {
     const key = this.key(hostId, tenantId);
     const cluster = this.#clusters.get(key);
@@ -334,6 +337,9 @@ export class TunnelRegistry {
    * at all.
    */
   async acquire(node: NodeEntry, exclude?: TunnelSession): Promise<TunnelSession> {
+    // The common case, first and without the wait's bookkeeping: a live session has room.
+    const session = node.availableSession(exclude);
+    if (session !== undefined) return session;
     if (exclude !== undefined) return this.#acquireNow(node, exclude);
     const { max_per_node: maxWaiting, timeout } = this.#options.pendingRequests;
     const deadline = Date.now() + timeout;

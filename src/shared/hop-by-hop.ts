@@ -35,22 +35,25 @@ export function forEachEndToEndHeader(
     // Checked before the Connection-named fields: an HTTP/1.1 client that sends TE must also list
     // it in Connection (RFC 9110 §10.1.4), and `trailers` must still reach the origin (as Go does).
     if (name === 'te') {
-      if (connectionTokens(value)?.has('trailers') === true) keep(name, 'trailers');
+      if (connectionTokens(value)?.includes('trailers') === true) keep(name, 'trailers');
       continue;
     }
-    if (named?.has(name) === true || hopByHop.has(name)) continue;
+    if (hopByHop.has(name) || named?.includes(name) === true) continue;
     keep(name, typeof value === 'number' ? String(value) : value);
   }
 }
 
-/** The comma-separated tokens of a header, lower-cased (for Connection and TE). */
-function connectionTokens(value: HeaderValue): Set<string> | undefined {
+/**
+ * The comma-separated tokens of a header, lower-cased (for Connection and TE). A list, not a Set:
+ * there are one or two (`keep-alive`, `close`, `upgrade`), and this runs for every message.
+ */
+function connectionTokens(value: HeaderValue): readonly string[] | undefined {
   if (value === undefined) return undefined;
   const text = Array.isArray(value) ? value.join(',') : String(value);
-  return new Set(
-    text
-      .split(',')
-      .map((token) => token.trim().toLowerCase())
-      .filter(Boolean),
-  );
+  const tokens: string[] = [];
+  for (const part of text.split(',')) {
+    const token = part.trim().toLowerCase();
+    if (token !== '') tokens.push(token);
+  }
+  return tokens;
 }
