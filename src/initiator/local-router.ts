@@ -2,7 +2,7 @@
  * The initiator's local routes: each stream the responder opens on a tunnel is matched by path
  * prefix or exact path (first match wins, as Envoy's route table) and forwarded to a local service over HTTP/1.1
  * with an undici Pool per service. Unmatched paths get 404. Bodies stream both ways with
- * `pump` (pipeline's semantics, shared/pump.ts) and HTTP/2 flow control, never buffered whole.
+ * HTTP/2 flow control and backpressure, never buffered whole.
  *
  * The initiator is never an open relay: the only places it connects to are the configured targets.
  * `:authority` is passed on as `host` and never picks a destination; CONNECT and extended CONNECT
@@ -18,7 +18,6 @@ import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import { contentLength, stopUpload, watchEndStream } from '../shared/http2-stream.ts';
 import { findRoute, pathOf, type RouteMatch } from '../shared/route-match.ts';
 import type { Logger } from '../shared/logger.ts';
-import { pump } from '../shared/pump.ts';
 
 /** The `allow` of a 405 (RFC 9110 §15.5.6): every method but CONNECT is forwarded. */
 const allowedMethods = 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE';
@@ -51,10 +50,12 @@ export class LocalRouter {
   /** Serves one stream the responder opened. */
   handle(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): void {
     stream.on('error', (error) => this.#logger.debug({ err: error }, 'tunnel stream error'));
-    this.#serve(stream, headers, flags).catch((error: unknown) => {
+    try {
+      this.#serve(stream, headers, flags);
+    } catch (error) {
       this.#logger.error({ err: error }, 'local route failed unexpectedly');
       stream.destroy();
-    });
+    }
   }
 
   /** Closes the connections to local services once their requests are done. */
@@ -68,11 +69,7 @@ export class LocalRouter {
     for (const route of this.#routes) void route.pool.destroy().catch(() => {});
   }
 
-  async #serve(
-    stream: ServerHttp2Stream,
-    headers: IncomingHttpHeaders,
-    flags: number,
-  ): Promise<void> {
+  #serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): void {
     const method = headers[':method'] ?? 'GET';
     const hasBody = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) === 0;
     if (method === 'CONNECT' || headers[':protocol'] !== undefined) {
@@ -105,56 +102,133 @@ export class LocalRouter {
     const authority = headers[':authority'];
     if (authority !== undefined) forwarded['host'] = authority;
     const body = hasBody ? requestBody(stream, contentLength(headers['content-length'])) : null;
-    const abort = new AbortController();
-    const onClose = () => abort.abort();
-    stream.once('close', onClose);
-    let upstream: Dispatcher.ResponseData;
-    try {
-      upstream = await route.pool.request({
-        path,
-        method,
-        headers: forwarded,
-        body,
-        signal: abort.signal,
-      });
-    } catch (error) {
-      stream.removeListener('close', onClose);
-      if (abort.signal.aborted) return;
-      this.#logger.warn({ target: route.target, path, err: error }, 'local service request failed');
-      respondText(
-        stream,
-        502,
-        `local service ${route.target} failed: ${describeError(error)}`,
-        hasBody,
-      );
-      return;
-    }
-    stream.removeListener('close', onClose);
+    route.pool.dispatch(
+      { path, method, headers: forwarded, body },
+      new LocalExchange({ stream, route, path, hasBody, logger: this.#logger }),
+    );
+  }
+}
+
+interface ExchangeOptions {
+  readonly stream: ServerHttp2Stream;
+  readonly route: Route;
+  readonly path: string;
+  readonly hasBody: boolean;
+  readonly logger: Logger;
+}
+
+/**
+ * One request to a local service, as an undici dispatch handler: the response goes onto the tunnel
+ * stream as it arrives, with no response body stream, pump or AbortController in between (undici's
+ * `request()` makes all three for every request, which showed in profiles). The semantics are
+ * those of `request()` piped into the stream:
+ *
+ * - The tunnel stream closing (the responder reset it, or its caller went away) aborts the request,
+ *   also one still queued for a connection, and the local service's connection with it.
+ * - Backpressure: while the tunnel stream's buffer is full the local response is paused, and
+ *   resumed at 'drain' (HTTP/2 flow control reaches the local service through TCP).
+ * - The response ends the stream only when the local service completed it. A failure before the
+ *   response is a 502; after it, the stream is destroyed, which resets it without END_STREAM
+ *   (http2-stream.ts): the responder aborts its caller instead of ending a truncated body cleanly.
+ */
+class LocalExchange implements Dispatcher.DispatchHandler {
+  readonly #options: ExchangeOptions;
+  #controller: Dispatcher.DispatchController | undefined;
+  /** Why the request was given up before undici started it, if it was. */
+  #abortedEarly: Error | undefined;
+  #responded = false;
+  #ended = false;
+
+  constructor(options: ExchangeOptions) {
+    this.#options = options;
+    options.stream.once('close', this.#onStreamClose);
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller;
+    if (this.#abortedEarly !== undefined) controller.abort(this.#abortedEarly);
+  }
+
+  onResponseStart(
+    controller: Dispatcher.DispatchController,
+    statusCode: number,
+    headers: IncomingHttpHeaders,
+  ): void {
+    // 1xx: informational, the response is still to come (as undici's request() skips them).
+    if (statusCode < 200) return;
+    const { stream } = this.#options;
     if (stream.destroyed || stream.closed) {
-      upstream.body.destroy();
+      controller.abort(new Error('the tunnel stream closed before the response'));
       return;
     }
-    const response: http2.OutgoingHttpHeaders = { ':status': upstream.statusCode };
-    forEachEndToEndHeader(upstream.headers, (name, value) => {
+    const response: http2.OutgoingHttpHeaders = { ':status': statusCode };
+    forEachEndToEndHeader(headers, (name, value) => {
       response[name] = value;
     });
+    this.#responded = true;
+    stream.on('drain', this.#onDrain);
     stream.respond(response);
-    try {
-      await pump(upstream.body, stream);
-    } catch (error) {
-      // pump destroyed the stream with the error, which resets it (RST_STREAM): the responder
-      // aborts its caller instead of ending a truncated body cleanly.
-      this.#logger.info(
-        { target: route.target, path, err: error },
-        'local response not fully forwarded',
-      );
-      return;
-    }
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.#options.stream.write(chunk)) controller.pause();
+  }
+
+  onResponseEnd(): void {
+    const { stream } = this.#options;
+    this.#ended = true;
+    stream.removeListener('drain', this.#onDrain);
+    stream.once('finish', this.#onFinish);
+    stream.end();
+  }
+
+  /** The whole response is on the stream. */
+  readonly #onFinish = (): void => {
+    const { stream, hasBody } = this.#options;
+    stream.removeListener('close', this.#onStreamClose);
     // A complete response while the request body is still coming: ask the responder to stop
     // sending it (RST_STREAM NO_ERROR after END_STREAM, RFC 9113 §8.1). Only then: a reset per
     // request would trip the peer's rapid-reset guard.
     if (hasBody) stopUpload(stream);
+  };
+
+  onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
+    const { stream, route, path, hasBody, logger } = this.#options;
+    stream.removeListener('close', this.#onStreamClose);
+    stream.removeListener('drain', this.#onDrain);
+    if (this.#responded) {
+      logger.info({ target: route.target, path, err: error }, 'local response not fully forwarded');
+      // Resets the stream (RST_STREAM) rather than ending a truncated body.
+      if (!stream.destroyed) stream.destroy(error);
+      return;
+    }
+    // The stream closed first: nobody is left to answer.
+    if (stream.destroyed || stream.closed) return;
+    logger.warn({ target: route.target, path, err: error }, 'local service request failed');
+    respondText(
+      stream,
+      502,
+      `local service ${route.target} failed: ${describeError(error)}`,
+      hasBody,
+    );
   }
+
+  readonly #onDrain = (): void => {
+    this.#controller?.resume();
+  };
+
+  readonly #onStreamClose = (): void => {
+    if (this.#ended) {
+      // Closed with the end of the response still buffered: it never went out whole.
+      const { stream, route, path, logger } = this.#options;
+      stream.removeListener('finish', this.#onFinish);
+      logger.info({ target: route.target, path }, 'local response not fully forwarded');
+      return;
+    }
+    const reason = new Error('the tunnel stream closed before the local response was complete');
+    if (this.#controller === undefined) this.#abortedEarly = reason;
+    else this.#controller.abort(reason);
+  };
 }
 
 /**
