@@ -59,29 +59,31 @@ describe('pump', () => {
     assert.ok(maxAhead <= 12, `the source ran ${maxAhead} chunks ahead of the sink`);
   });
 
-  it("rejects with the source's error and destroys the sink unfinished", async () => {
-    const source = new PassThrough();
-    const sink = slowSink(0, 16);
-    const pumped = pump(source, sink);
-    source.write('partial');
-    await nextTurn();
-    source.destroy(new Error('upstream broke'));
-    await assert.rejects(pumped, /upstream broke/);
-    assert.equal(sink.destroyed, true);
-    assert.equal(sink.writableFinished, false);
-  });
-
-  it('rejects with a premature close when the source closes before its end', async () => {
-    const source = new PassThrough();
-    const sink = slowSink(0, 16);
-    const pumped = pump(source, sink);
-    source.write('partial');
-    await nextTurn();
-    source.destroy();
-    await assert.rejects(pumped, { code: 'ERR_STREAM_PREMATURE_CLOSE' });
-    assert.equal(sink.destroyed, true);
-    assert.equal(sink.writableFinished, false);
-  });
+  const sourceFailures = [
+    {
+      name: "rejects with the source's error and destroys the sink unfinished",
+      fail: (source: PassThrough) => source.destroy(new Error('upstream broke')),
+      expected: /upstream broke/,
+    },
+    {
+      name: 'rejects with a premature close when the source closes before its end',
+      fail: (source: PassThrough) => source.destroy(),
+      expected: { code: 'ERR_STREAM_PREMATURE_CLOSE' },
+    },
+  ];
+  for (const { name, fail, expected } of sourceFailures) {
+    it(name, async () => {
+      const source = new PassThrough();
+      const sink = slowSink(0, 16);
+      const pumped = pump(source, sink);
+      source.write('partial');
+      await nextTurn();
+      fail(source);
+      await assert.rejects(pumped, expected);
+      assert.equal(sink.destroyed, true);
+      assert.equal(sink.writableFinished, false);
+    });
+  }
 
   it('rejects with a premature close and destroys the source when the sink closes first', async () => {
     const source = new PassThrough();

@@ -15,6 +15,7 @@
  *   destroyed with the error. Destroying an HTTP/2 stream whose writable side is open resets it
  *   without END_STREAM, so a cut-off body never ends cleanly.
  */
+import type { EventEmitter } from 'node:events';
 import type { Readable, Writable } from 'node:stream';
 
 export interface PumpOptions {
@@ -32,6 +33,15 @@ export class PrematureCloseError extends Error {
 }
 
 const ignore = (): void => {};
+
+type Listener = Parameters<EventEmitter['on']>[1];
+type Toggle = (emitter: EventEmitter, event: string, listener: Listener) => void;
+const listen: Toggle = (emitter, event, listener) => {
+  emitter.on(event, listener);
+};
+const unlisten: Toggle = (emitter, event, listener) => {
+  emitter.removeListener(event, listener);
+};
 
 export function pump(source: Readable, sink: Writable, options: PumpOptions = {}): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -70,13 +80,7 @@ class Pump {
       this.#fail(new PrematureCloseError());
       return;
     }
-    source.on('error', this.#onError);
-    source.on('close', this.#onSourceClose);
-    source.on('end', this.#onSourceEnd);
-    sink.on('error', this.#onError);
-    sink.on('close', this.#onSinkClose);
-    sink.on('drain', this.#onDrain);
-    sink.on('finish', this.#onSinkFinish);
+    this.#listeners(listen);
     if (source.readableEnded) {
       this.#onSourceEnd();
       return;
@@ -143,15 +147,18 @@ class Pump {
   }
 
   #cleanup(): void {
-    const source = this.#source;
-    const sink = this.#sink;
-    source.removeListener('data', this.#onData);
-    source.removeListener('error', this.#onError);
-    source.removeListener('close', this.#onSourceClose);
-    source.removeListener('end', this.#onSourceEnd);
-    sink.removeListener('error', this.#onError);
-    sink.removeListener('close', this.#onSinkClose);
-    sink.removeListener('drain', this.#onDrain);
-    sink.removeListener('finish', this.#onSinkFinish);
+    this.#source.removeListener('data', this.#onData);
+    this.#listeners(unlisten);
+  }
+
+  /** Adds or removes the listeners on both streams ('data' is added last, once they are on). */
+  #listeners(toggle: Toggle): void {
+    toggle(this.#source, 'error', this.#onError);
+    toggle(this.#source, 'close', this.#onSourceClose);
+    toggle(this.#source, 'end', this.#onSourceEnd);
+    toggle(this.#sink, 'error', this.#onError);
+    toggle(this.#sink, 'close', this.#onSinkClose);
+    toggle(this.#sink, 'drain', this.#onDrain);
+    toggle(this.#sink, 'finish', this.#onSinkFinish);
   }
 }
