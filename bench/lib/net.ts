@@ -1,24 +1,9 @@
 /** Loopback helpers: free ports, waiting for a listener, one small HTTP request. */
 import http from 'node:http';
-import net, { type AddressInfo } from 'node:net';
+import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-/** Ports the sandbox uses, never handed out (README). */
-const reserved = new Set([8085, 8888, 8889, 9000]);
-
-/** A TCP port free right now on 127.0.0.1. */
-export async function freePort(): Promise<number> {
-  for (;;) {
-    const server = net.createServer();
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(0, '127.0.0.1', resolve);
-    });
-    const { port } = server.address() as AddressInfo;
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-    if (!reserved.has(port)) return port;
-  }
-}
+export { freePort } from '../../test/helpers/ports.ts';
 
 /** Resolves once `port` accepts a TCP connection on 127.0.0.1; rejects after `timeoutMs`. */
 export async function waitForPort(port: number, what: string, timeoutMs = 15_000): Promise<void> {

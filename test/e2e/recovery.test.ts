@@ -10,27 +10,15 @@
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import net, { type AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { ResponderConfigInput } from '../../src/config/schema.ts';
 import { startInitiator, type Initiator } from '../../src/initiator/initiator.ts';
 import { request, startService, type Reply, type TestService } from '../helpers/http.ts';
+import { freePort } from '../helpers/ports.ts';
 import { pollUntil, revtun, stopDeadlineMs, TestProcess } from '../helpers/process.ts';
 import { responderOnFreePorts, tunnelsRegistered } from '../helpers/tunnels.ts';
-
-/** A port free right now on 127.0.0.1, for the tunnel listener that must come back on it. */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 interface ResponderPorts {
   readonly tunnel: number;
