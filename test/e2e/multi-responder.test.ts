@@ -130,6 +130,13 @@ function initiatorByName(
     { lookup },
   );
 }
+/** Sends `path` for `node` through each responder's egress listener; each must answer 200. */
+async function servedThrough(list: readonly Responder[], path: string, node: string) {
+  for (const responder of list) {
+    const reply = await request(egressOf(responder), path, toNode(node));
+    assert.equal(reply.status, 200, `through ${responder.addresses.tunnel.host}`);
+  }
+}
 const toNode = (node: string) => ({ headers: { 'x-node-id': node }, timeoutMs: 10_000 });
 
 describe('an initiator dialling every responder behind one name', () => {
@@ -198,10 +205,7 @@ describe('an initiator dialling every responder behind one name', () => {
       }),
     );
     await Promise.all(registered);
-    for (const responder of responders) {
-      const reply = await request(egressOf(responder), '/listed', toNode('edge-2'));
-      assert.equal(reply.status, 200, `through ${responder.addresses.tunnel.host}`);
-    }
+    await servedThrough(responders, '/listed', 'edge-2');
   });
 
   it('drains the tunnels of an address that leaves the answer, finishing the request in flight on it', async () => {
@@ -220,10 +224,7 @@ describe('an initiator dialling every responder behind one name', () => {
     dns.answer(addresses.slice(0, 2));
     await edge!.resolveHosts();
     // The other two keep serving while the retired host drains.
-    for (const responder of kept) {
-      const reply = await request(egressOf(responder), '/during', toNode('edge-1'));
-      assert.equal(reply.status, 200, `through ${responder.addresses.tunnel.host}`);
-    }
+    await servedThrough(kept, '/during', 'edge-1');
     // The tunnel carrying /slow drains (GOAWAY) instead of closing under the request.
     assert.ok(closed < tunnelsPerHost, `${closed} of the retired host's tunnels closed already`);
     slow.release();
@@ -237,10 +238,7 @@ describe('an initiator dialling every responder behind one name', () => {
       edge!.stats.value(`${prefix}.cluster.upstream-cluster.connected`),
       tunnelsPerHost * 2,
     );
-    for (const responder of kept) {
-      const after = await request(egressOf(responder), '/after', toNode('edge-1'));
-      assert.equal(after.status, 200, `through ${responder.addresses.tunnel.host}`);
-    }
+    await servedThrough(kept, '/after', 'edge-1');
   });
 
   it('dials an address again once it comes back in the answer', async () => {
@@ -385,10 +383,7 @@ describe('a responder that drains while the initiator reaches others (issue 5 it
     await closed;
     const drainMs = Date.now() - started;
     await statReaches(edge, `${drainingHost}.connected`, 0);
-    for (const responder of others) {
-      const after = await request(egressOf(responder), '/after', toNode('edge-d'));
-      assert.equal(after.status, 200, `through ${responder.addresses.tunnel.host}`);
-    }
+    await servedThrough(others, '/after', 'edge-d');
     t.diagnostic(
       `drain of ${addresses[1]}: ${drainMs} ms with /slow in flight; ` +
         `${statuses.length} requests through the other two during it, all 200`,
