@@ -16,34 +16,28 @@ import type { LocalRouteConfig } from '../config/schema.ts';
 import { describeError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import { contentLength, stopUpload, watchEndStream } from '../shared/http2-stream.ts';
-import { findRoute, pathOf, type RouteMatch } from '../shared/route-match.ts';
+import { pathOf } from '../shared/route-match.ts';
 import type { Logger } from '../shared/logger.ts';
+import { LocalRouteTable, type LocalEndpoint } from './local-routes.ts';
 
 /** The `allow` of a 405 (RFC 9110 §15.5.6): every method but CONNECT is forwarded. */
 const allowedMethods = 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE';
 
-interface Route extends RouteMatch {
-  readonly target: string;
-  readonly pool: Pool;
-}
-
 export class LocalRouter {
-  readonly #routes: Route[];
+  readonly #routes: LocalRouteTable<Pool>;
   readonly #logger: Logger;
 
   constructor(routes: readonly LocalRouteConfig[], logger: Logger) {
     this.#logger = logger;
-    const pools = new Map<string, Pool>();
-    this.#routes = routes.map((route) => {
-      let pool = pools.get(route.target);
-      if (pool === undefined) {
-        pool = new Pool(route.target, {
+    this.#routes = new LocalRouteTable(routes, {
+      createClient: (origin, route) =>
+        new Pool(origin, {
           connections: route.max_connections,
           connect: { timeout: route.connect_timeout },
-        });
-        pools.set(route.target, pool);
-      }
-      return { prefix: route.prefix, path: route.path, target: route.target, pool };
+        }),
+      closeClient: (pool) => pool.close(),
+      destroyClient: (pool) => void pool.destroy().catch(() => {}),
+      logger,
     });
   }
 
@@ -60,13 +54,11 @@ export class LocalRouter {
 
   /** Closes the connections to local services once their requests are done. */
   async close(): Promise<void> {
-    await Promise.all(
-      [...new Set(this.#routes.map((route) => route.pool))].map((pool) => pool.close()),
-    );
+    await this.#routes.close();
   }
 
   destroy(): void {
-    for (const route of this.#routes) void route.pool.destroy().catch(() => {});
+    this.#routes.destroy();
   }
 
   #serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): void {
@@ -88,10 +80,20 @@ export class LocalRouter {
       );
       return;
     }
-    const pathOnly = pathOf(path);
-    const route = findRoute(this.#routes, pathOnly);
-    if (route === undefined) {
-      respondText(stream, 404, `no local route for path ${pathOnly}`, hasBody);
+    const authority = headers[':authority'];
+    const choice = this.#routes.match(path, authority);
+    if (choice === undefined) {
+      respondText(stream, 404, `no local route for path ${pathOf(path)}`, hasBody);
+      return;
+    }
+    const endpoint = choice.pick();
+    if (endpoint === undefined) {
+      respondText(
+        stream,
+        503,
+        `no healthy endpoint for local route ${choice.route.description}`,
+        hasBody,
+      );
       return;
     }
     const forwarded: Record<string, string | string[]> = {};
@@ -99,19 +101,18 @@ export class LocalRouter {
       // The responder's HTTP/1.1 server already answered any 100-continue; undici refuses expect.
       if (name !== 'expect') forwarded[name] = value;
     });
-    const authority = headers[':authority'];
     if (authority !== undefined) forwarded['host'] = authority;
     const body = hasBody ? requestBody(stream, contentLength(headers['content-length'])) : null;
-    route.pool.dispatch(
-      { path, method, headers: forwarded, body },
-      new LocalExchange({ stream, route, path, hasBody, logger: this.#logger }),
+    endpoint.client.dispatch(
+      { path: choice.path, method, headers: forwarded, body },
+      new LocalExchange({ stream, endpoint, path: choice.path, hasBody, logger: this.#logger }),
     );
   }
 }
 
 interface ExchangeOptions {
   readonly stream: ServerHttp2Stream;
-  readonly route: Route;
+  readonly endpoint: LocalEndpoint<Pool>;
   readonly path: string;
   readonly hasBody: boolean;
   readonly logger: Logger;
@@ -156,7 +157,10 @@ class LocalExchange implements Dispatcher.DispatchHandler {
   ): void {
     // 1xx: informational, the response is still to come (as undici's request() skips them).
     if (statusCode < 200) return;
-    const { stream } = this.#options;
+    const { stream, endpoint } = this.#options;
+    // Passive failure detection counts what Envoy's outlier detection does: 5xx and failures.
+    if (statusCode >= 500) endpoint.failed();
+    else endpoint.succeeded();
     if (stream.destroyed || stream.closed) {
       controller.abort(new Error('the tunnel stream closed before the response'));
       return;
@@ -193,22 +197,26 @@ class LocalExchange implements Dispatcher.DispatchHandler {
   };
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
-    const { stream, route, path, hasBody, logger } = this.#options;
+    const { stream, endpoint, path, hasBody, logger } = this.#options;
     stream.removeListener('close', this.#onStreamClose);
     stream.removeListener('drain', this.#onDrain);
     if (this.#responded) {
-      logger.info({ target: route.target, path, err: error }, 'local response not fully forwarded');
+      logger.info(
+        { target: endpoint.origin, path, err: error },
+        'local response not fully forwarded',
+      );
       // Resets the stream (RST_STREAM) rather than ending a truncated body.
       if (!stream.destroyed) stream.destroy(error);
       return;
     }
     // The stream closed first: nobody is left to answer.
     if (stream.destroyed || stream.closed) return;
-    logger.warn({ target: route.target, path, err: error }, 'local service request failed');
+    endpoint.failed();
+    logger.warn({ target: endpoint.origin, path, err: error }, 'local service request failed');
     respondText(
       stream,
       502,
-      `local service ${route.target} failed: ${describeError(error)}`,
+      `local service ${endpoint.origin} failed: ${describeError(error)}`,
       hasBody,
     );
   }
@@ -220,9 +228,9 @@ class LocalExchange implements Dispatcher.DispatchHandler {
   readonly #onStreamClose = (): void => {
     if (this.#ended) {
       // Closed with the end of the response still buffered: it never went out whole.
-      const { stream, route, path, logger } = this.#options;
+      const { stream, endpoint, path, logger } = this.#options;
       stream.removeListener('finish', this.#onFinish);
-      logger.info({ target: route.target, path }, 'local response not fully forwarded');
+      logger.info({ target: endpoint.origin, path }, 'local response not fully forwarded');
       return;
     }
     const reason = new Error('the tunnel stream closed before the local response was complete');
