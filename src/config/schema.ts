@@ -411,6 +411,14 @@ export const responderSchema = z
      * cannot grow the stats without bound.
      */
     max_departed_stats: z.int().min(0).max(10_000_000).default(10_000),
+    /**
+     * Streams to a node go over every one of its tunnels, the least loaded first, instead of one
+     * HTTP/2 connection until it is at its stream limit (the protocol reference's recommendation,
+     * and Envoy's pool). Each tunnel is its own TCP connection with its own HTTP/2 windows, so a
+     * lost segment or a bulk transfer holds up only its own streams; every tunnel in use leaves
+     * the idle pool for good (the initiator replaces it only when it closes). Default false.
+     */
+    use_all_tunnels: z.boolean().default(false),
     admin: admin.optional(),
     lifecycle_log: lifecycleLog.optional(),
     tunnel_listener: z.strictObject({

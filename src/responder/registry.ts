@@ -64,6 +64,8 @@ export interface RegistryOptions {
   readonly pendingRequests: { readonly max_per_node: number; readonly timeout: number };
   /** Gauges of departed nodes and clusters kept at 0 before the oldest are removed. */
   readonly maxDepartedStats: number;
+  /** Spread streams over every tunnel of a node (`use_all_tunnels`). */
+  readonly useAllTunnels: boolean;
   readonly onEvent: (tunnel: TunnelInfo, event: TunnelEvent) => void;
   /** Each acknowledged keepalive PING on a tunnel in use, with its round trip, ms. */
   readonly onPingAck?: (tunnel: TunnelInfo, ms: number) => void;
@@ -339,7 +341,10 @@ export class TunnelRegistry {
   async acquire(node: NodeEntry, exclude?: TunnelSession): Promise<TunnelSession> {
     // The common case, first and without the wait's bookkeeping: a live session has room.
     const session = node.availableSession(exclude);
-    if (session !== undefined) return session;
+    if (session !== undefined) {
+      if (session.inFlight > 0 && this.#options.useAllTunnels) this.#openSpare(node);
+      return session;
+    }
     if (exclude !== undefined) return this.#acquireNow(node, exclude);
     const { max_per_node: maxWaiting, timeout } = this.#options.pendingRequests;
     const deadline = Date.now() + timeout;
@@ -362,6 +367,24 @@ export class TunnelRegistry {
         }
       }
     }
+  }
+
+  /**
+   * With `use_all_tunnels`, spreads a node's streams over its tunnels: when the least-loaded session is already carrying
+   * a stream and the node has an idle tunnel, that tunnel is checked out in the background (one at
+   * a time), and the next requests go to the least loaded of them. The request at hand does not
+   * wait for it. Each tunnel then has its own TCP connection and HTTP/2 connection window, so one
+   * lost segment or one slow bulk transfer holds up only the streams on its own tunnel.
+   */
+  #openSpare(node: NodeEntry): void {
+    if (node.opening !== undefined || this.#closed) return;
+    const idle = node.bestIdle();
+    if (idle === undefined) return;
+    node.opening = this.#checkOut(node, idle).finally(() => {
+      node.opening = undefined;
+    });
+    // Waited for by #acquireNow if a request needs it; a failed checkout has already closed it.
+    node.opening.catch(() => {});
   }
 
   async #acquireNow(node: NodeEntry, exclude?: TunnelSession): Promise<TunnelSession> {
