@@ -31,7 +31,10 @@ async function keygen(tools: Context['tools'], file: string): Promise<void> {
   if (result.code !== 0) throw new Error(`ssh-keygen ${file}: ${result.stderr}`);
 }
 
-export async function startSshd({ workDir, tools }: Context, name: string): Promise<Sshd> {
+export async function startSshd(
+  { workDir, tools }: Pick<Context, 'workDir' | 'tools'>,
+  name: string,
+): Promise<Sshd> {
   const dir = path.join(workDir, name);
   await mkdir(dir, { recursive: true });
   const hostKey = path.join(dir, 'host_ed25519');
@@ -75,15 +78,18 @@ LogLevel ERROR
   return { port, user, userKey, process: proc };
 }
 
-/** The options every OpenSSH client here uses: no config, no known_hosts, fail if -R fails. */
-export function sshClientOptions(sshd: Sshd): string[] {
+/**
+ * The options every OpenSSH client here uses: no config, no known_hosts, fail if -R fails; `port`
+ * is the sshd's unless given (the system test reaches it through a tunnel).
+ */
+export function sshClientOptions(sshd: Sshd, port = sshd.port): string[] {
   return [
     '-F',
     '/dev/null',
     '-i',
     sshd.userKey,
     '-p',
-    String(sshd.port),
+    String(port),
     '-o',
     'StrictHostKeyChecking=no',
     '-o',

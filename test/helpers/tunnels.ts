@@ -25,6 +25,8 @@ export interface InitiatorSpec {
   readonly cluster?: string;
   readonly tunnels?: number;
   readonly routes: InitiatorConfigInput['local_routes'];
+  /** More of the initiator's config (tcp_targets …), over the defaults here. */
+  readonly config?: Partial<InitiatorConfigInput>;
 }
 
 /** Starts an initiator dialling `responder` and resolves once the responder registered its tunnels. */
@@ -46,6 +48,7 @@ export async function connectedInitiator(
       { name: 'upstream-cluster', hosts: [`127.0.0.1:${tunnel.port}`], tunnels_per_host: tunnels },
     ],
     local_routes: spec.routes,
+    ...spec.config,
   });
   await registered;
   return initiator;
