@@ -245,6 +245,13 @@ describe('parseConfigText', () => {
           target: 'http://127.0.0.1:8080',
           max_connections: 128,
           connect_timeout: 10_000,
+          protocol: 'http1',
+          outlier_detection: {
+            consecutive_failures: 5,
+            ejection_time: 30_000,
+            max_ejection_time: 300_000,
+            max_ejection_percent: 100,
+          },
         },
       ],
     });
@@ -365,12 +372,26 @@ describe('parseConfigText', () => {
           target: 'http://localhost:3001',
           max_connections: 2,
           connect_timeout: 250,
+          protocol: 'http1',
+          outlier_detection: {
+            consecutive_failures: 5,
+            ejection_time: 30_000,
+            max_ejection_time: 300_000,
+            max_ejection_percent: 100,
+          },
         },
         {
           prefix: '/api',
           target: 'http://localhost:3000',
           max_connections: 1,
           connect_timeout: 2000,
+          protocol: 'http1',
+          outlier_detection: {
+            consecutive_failures: 5,
+            ejection_time: 30_000,
+            max_ejection_time: 300_000,
+            max_ejection_percent: 100,
+          },
         },
       ],
     });
