@@ -19,7 +19,7 @@
 import type { LocalRouteConfig } from '../config/schema.ts';
 import type { Logger } from '../shared/logger.ts';
 import { pathOf } from '../shared/route-match.ts';
-import { compileRouteRegex, matchesRouteRegex } from '../shared/route-regex.ts';
+import { compileRouteRegex } from '../shared/route-regex.ts';
 
 export type LocalProtocol = LocalRouteConfig['protocol'];
 
@@ -286,7 +286,7 @@ function pathMatcher(config: LocalRouteConfig): (path: string) => boolean {
   if (prefix !== undefined) return (path) => path.startsWith(prefix);
   if (regex !== undefined) {
     const compiled = compileRouteRegex(regex);
-    return (path) => matchesRouteRegex(compiled, path);
+    return (path) => compiled.test(path);
   }
   return (path) => path === exact;
 }
