@@ -929,6 +929,24 @@ describe('local route options', () => {
     );
   const target = 'http://127.0.0.1:8080';
 
+  const docBlocks = [
+    ...readFileSync(path.join(repoRoot, 'docs', 'local-routes.md'), 'utf8').matchAll(
+      /```yaml\n([\s\S]*?)```/g,
+    ),
+  ].map((match) => match[1] as string);
+
+  it('has examples in docs/local-routes.md', () => {
+    assert.ok(docBlocks.length >= 4, `${docBlocks.length} yaml blocks`);
+  });
+
+  docBlocks.forEach((block, index) => {
+    it(`parses yaml block ${index + 1} of docs/local-routes.md as an initiator's local_routes`, () => {
+      const text = initiatorYaml.replace(/^local_routes:[\s\S]*$/m, block);
+      const config = parseConfigText(text, 'initiator', 'docs/local-routes.md');
+      assert.ok(config.local_routes.length >= 1);
+    });
+  });
+
   it('takes every new option and fills in the defaults of the rest', () => {
     const config = withRoutes([
       {

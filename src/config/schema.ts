@@ -362,8 +362,9 @@ const localRoute = z
     /** The path (without query) is exactly this. */
     path: pathPrefix.optional(),
     /**
-     * The whole path (without query) matches this JavaScript RegExp source, as Envoy's
-     * safe_regex. Patterns that can backtrack exponentially are refused (docs/local-routes.md).
+     * The whole path (without query) matches this JavaScript RegExp source (no flags), as Envoy's
+     * safe_regex; matched in linear time (src/shared/route-regex.ts), so backreferences and
+     * lookarounds are refused. A path over 8192 characters never matches.
      */
     regex: routeRegex.optional(),
     /** Only streams whose `:authority` (without port) is this host, or matches `*.domain`. */

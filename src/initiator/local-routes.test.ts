@@ -328,6 +328,26 @@ describe('LocalRouteTable outlier detection', () => {
     assert.deepEqual(new Set([next(routeTable), next(routeTable)]), new Set([a, b]));
   });
 
+  it('counts the time in from when an ejection ended, not from when it was noticed', () => {
+    let now = 0;
+    const { routeTable } = table(
+      [
+        {
+          prefix: '/',
+          targets: [a, b],
+          outlier_detection: { consecutive_failures: 1, ejection_time: '10s' },
+        },
+      ],
+      { now: () => now },
+    );
+    const endpoint = endpointOf(routeTable, a);
+    endpoint.failed();
+    // Nobody asks until long after the ejection ended at 10 s: 20 s in, so both are forgotten.
+    now = 30_000;
+    endpoint.failed();
+    assert.equal(routeTable.endpoints()[0]?.ejections, 1);
+  });
+
   it('lengthens each ejection in a row by the ejection time, up to max_ejection_time', () => {
     let now = 0;
     const { routeTable } = table(

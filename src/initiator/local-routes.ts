@@ -118,7 +118,8 @@ class Endpoint<C> implements LocalEndpoint<C> {
     const now = this.#options.now();
     if (now < until) return true;
     this.#ejectedUntil = undefined;
-    this.#returnedAt = now;
+    // When it was due back, not when it was first asked about: that is when its time in starts.
+    this.#returnedAt = until;
     this.#consecutiveFailures = 0;
     this.#options.logger.info(
       { target: this.origin, protocol: this.protocol },
