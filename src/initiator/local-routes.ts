@@ -112,7 +112,8 @@ class Endpoint<C> implements LocalEndpoint<C> {
     this.client = options.client;
   }
 
-  get ejected(): boolean {
+  /** Whether it is out of the rotation now; notices (and logs) its return when its time is up. */
+  isEjected(): boolean {
     const until = this.#ejectedUntil;
     if (until === undefined) return false;
     const now = this.#options.now();
@@ -132,7 +133,7 @@ class Endpoint<C> implements LocalEndpoint<C> {
     return {
       origin: this.origin,
       protocol: this.protocol,
-      ejected: this.ejected,
+      ejected: this.isEjected(),
       consecutiveFailures: this.#consecutiveFailures,
       ejections: this.#ejections,
     };
@@ -144,14 +145,14 @@ class Endpoint<C> implements LocalEndpoint<C> {
 
   failed(): void {
     // An ejected endpoint (served only in panic) is judged afresh when it returns.
-    if (this.ejected) return;
+    if (this.isEjected()) return;
     this.#consecutiveFailures += 1;
     if (this.#consecutiveFailures >= this.#options.detection.consecutive_failures) this.#eject();
   }
 
   #eject(): void {
     const { detection, now, logger } = this.#options;
-    const ejected = this.peers.filter((peer) => peer !== this && peer.ejected).length;
+    const ejected = this.peers.filter((peer) => peer !== this && peer.isEjected()).length;
     // One may always be ejected (as Envoy); beyond it, max_ejection_percent of the route's.
     if (ejected > 0 && (ejected + 1) * 100 > detection.max_ejection_percent * this.peers.length) {
       return;
@@ -272,7 +273,7 @@ function pick<C>(route: TableRoute<C>): LocalEndpoint<C> | undefined {
   for (let step = 0; step < endpoints.length; step += 1) {
     const index = (route.cursor + step) % endpoints.length;
     const endpoint = endpoints[index] as Endpoint<C>;
-    if (!endpoint.ejected) {
+    if (!endpoint.isEjected()) {
       route.cursor = (index + 1) % endpoints.length;
       return endpoint;
     }

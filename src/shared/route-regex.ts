@@ -13,9 +13,10 @@
  * accepts, so those mean exactly what they mean in JavaScript.
  *
  * Refused at config load, with the reason: backreferences and lookarounds (not regular, and not in
- * RE2, so no Envoy configuration has them), and a pattern whose repetition counts expand to more
- * than {@link maxProgramSize} states. A path longer than {@link maxRegexPathLength} never matches
- * a regex route, which bounds one match to length × size steps.
+ * RE2, so no Envoy configuration has them), repetition counts above {@link maxRepeatCount} (as
+ * RE2), and a pattern whose repetition counts expand to more than {@link maxProgramSize} states.
+ * A path longer than {@link maxRegexPathLength} never matches a regex route, which bounds one
+ * match to length × size steps.
  */
 import { RevtunError } from './errors.ts';
 
@@ -23,6 +24,8 @@ import { RevtunError } from './errors.ts';
 export const maxRegexPathLength = 8192;
 /** The most NFA states one pattern may compile to (`{n,m}` copies its operand). */
 export const maxProgramSize = 4096;
+/** The largest n or m of `{n}`, `{n,}`, `{n,m}`, as RE2's. */
+export const maxRepeatCount = 1000;
 
 /** A compiled route regex: `test(path)` says whether the whole path matches, in linear time. */
 export interface RouteRegex {
@@ -146,6 +149,10 @@ class Parser {
     }
     const min = Number(low);
     const max = comma === undefined ? min : high === '' ? Infinity : Number(high);
+    // RE2's limit too; and an empty operand (`(?:){n}`) adds no states to count.
+    if (min > maxRepeatCount || (max !== Infinity && max > maxRepeatCount)) {
+      throw new Unsupported(`a repetition count above ${maxRepeatCount} is not supported`);
+    }
     return { kind: 'repeat', operand, min, max };
   }
 
