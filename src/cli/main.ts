@@ -209,8 +209,10 @@ function printInitiator(initiator: Initiator, config: InitiatorConfig): void {
     );
   }
   for (const route of config.local_routes) {
-    const match = route.prefix ?? `${route.path ?? ''} (exact path)`;
-    out(`  local route ${match} → ${route.target}`);
+    const match =
+      route.prefix ??
+      (route.regex !== undefined ? `${route.regex} (regex)` : `${route.path ?? ''} (exact path)`);
+    out(`  local route ${match} → ${(route.targets ?? [route.target]).join(', ')}`);
   }
   if (admin !== undefined) out(`  admin http://${formatHostPort(admin)}/stats`);
 }

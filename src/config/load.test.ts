@@ -245,6 +245,13 @@ describe('parseConfigText', () => {
           target: 'http://127.0.0.1:8080',
           max_connections: 128,
           connect_timeout: 10_000,
+          protocol: 'http1',
+          outlier_detection: {
+            consecutive_failures: 5,
+            ejection_time: 30_000,
+            max_ejection_time: 300_000,
+            max_ejection_percent: 100,
+          },
         },
       ],
     });
@@ -365,12 +372,26 @@ describe('parseConfigText', () => {
           target: 'http://localhost:3001',
           max_connections: 2,
           connect_timeout: 250,
+          protocol: 'http1',
+          outlier_detection: {
+            consecutive_failures: 5,
+            ejection_time: 30_000,
+            max_ejection_time: 300_000,
+            max_ejection_percent: 100,
+          },
         },
         {
           prefix: '/api',
           target: 'http://localhost:3000',
           max_connections: 1,
           connect_timeout: 2000,
+          protocol: 'http1',
+          outlier_detection: {
+            consecutive_failures: 5,
+            ejection_time: 30_000,
+            max_ejection_time: 300_000,
+            max_ejection_percent: 100,
+          },
         },
       ],
     });
@@ -894,5 +915,254 @@ describe('loadConfigFile', () => {
     const error = await rejectionOf(loadConfigFile(file, 'responder'));
     assert.ok(error instanceof ConfigError);
     for (const line of problemLines(error)) assert.ok(line.startsWith(`${file}:`), line);
+  });
+});
+
+describe('local route options', () => {
+  type LocalRouteInput = InitiatorConfigInput['local_routes'][number];
+  const withRoutes = (local_routes: LocalRouteInput[]) =>
+    validateInitiatorConfig({ ...initiatorObject, local_routes });
+  /** The `path: message` of each problem of a config with these routes. */
+  const problemsOf = (routes: LocalRouteInput[]) =>
+    configErrorOf(() => withRoutes(routes)).problems.map(
+      (problem) => `${problem.path}: ${problem.message}`,
+    );
+  const target = 'http://127.0.0.1:8080';
+
+  const docBlocks = [
+    ...readFileSync(path.join(repoRoot, 'docs', 'local-routes.md'), 'utf8').matchAll(
+      /```yaml\n([\s\S]*?)```/g,
+    ),
+  ].map((match) => match[1] as string);
+
+  it('has examples in docs/local-routes.md', () => {
+    assert.ok(docBlocks.length >= 4, `${docBlocks.length} yaml blocks`);
+  });
+
+  docBlocks.forEach((block, index) => {
+    it(`parses yaml block ${index + 1} of docs/local-routes.md as an initiator's local_routes`, () => {
+      const text = initiatorYaml.replace(/^local_routes:[\s\S]*$/m, block);
+      const config = parseConfigText(text, 'initiator', 'docs/local-routes.md');
+      assert.ok(config.local_routes.length >= 1);
+    });
+  });
+
+  it('takes every new option and fills in the defaults of the rest', () => {
+    const config = withRoutes([
+      {
+        regex: '/v[0-9]+/.*',
+        host: 'API.Example.com',
+        targets: ['http://127.0.0.1:8081', 'http://[::1]:8082'],
+        protocol: 'http2',
+        timeout: '1.5s',
+        outlier_detection: { consecutive_failures: 3, ejection_time: '5s' },
+      },
+      { prefix: '/old/', prefix_rewrite: '/new/', host: '*.example.com', target },
+    ]);
+    const [first, second] = config.local_routes;
+    assert.equal(first?.host, 'api.example.com');
+    assert.deepEqual(first?.targets, ['http://127.0.0.1:8081', 'http://[::1]:8082']);
+    assert.equal(first?.protocol, 'http2');
+    assert.equal(first?.timeout, 1500);
+    assert.deepEqual(first?.outlier_detection, {
+      consecutive_failures: 3,
+      ejection_time: 5000,
+      max_ejection_time: 300_000,
+      max_ejection_percent: 100,
+    });
+    assert.equal(second?.prefix_rewrite, '/new/');
+    assert.equal(second?.protocol, 'http1');
+    assert.equal(second?.timeout, undefined);
+  });
+
+  it('refuses a route with two of prefix, path and regex, or none', () => {
+    const message =
+      'a local route needs exactly one of prefix (a path prefix), path (an exact path) or regex (a pattern the whole path matches)';
+    assert.deepEqual(
+      problemsOf([
+        { prefix: '/a', regex: '/a.*', target },
+        { path: '/b', regex: '/b', target },
+        { target },
+      ]),
+      [`local_routes[0]: ${message}`, `local_routes[1]: ${message}`, `local_routes[2]: ${message}`],
+    );
+  });
+
+  it('refuses a regex that does not compile, or that the matcher does not support', () => {
+    const problems = problemsOf([
+      { regex: '/(', target },
+      { regex: '/(a)\\1', target },
+      { regex: '/(?=x)x', target },
+    ]);
+    assert.equal(problems.length, 3);
+    assert.match(
+      problems[0] ?? '',
+      /^local_routes\[0\]\.regex: regex "\/\(": not a valid JavaScript/,
+    );
+    assert.match(
+      problems[1] ?? '',
+      /^local_routes\[1\]\.regex: .*backreferences are not supported/,
+    );
+    assert.match(problems[2] ?? '', /^local_routes\[2\]\.regex: .*lookaheads and lookbehinds/);
+  });
+
+  it('refuses prefix_rewrite without prefix', () => {
+    assert.deepEqual(problemsOf([{ path: '/a', prefix_rewrite: '/b', target }]), [
+      'local_routes[0].prefix_rewrite: prefix_rewrite replaces the matched prefix, so it needs prefix',
+    ]);
+  });
+
+  it('refuses target and targets together, and neither', () => {
+    const message = 'a local route needs exactly one of target (one endpoint) or targets (a list)';
+    assert.deepEqual(problemsOf([{ prefix: '/a', target, targets: [target] }, { prefix: '/b' }]), [
+      `local_routes[0]: ${message}`,
+      `local_routes[1]: ${message}`,
+    ]);
+  });
+
+  it('refuses an empty targets list, a duplicate target and a target that is no origin', () => {
+    const problems = problemsOf([
+      { prefix: '/a', targets: [] },
+      { prefix: '/b', targets: [target, 'http://127.0.0.1:8081', 'http://127.0.0.1:8080/'] },
+      { prefix: '/c', targets: ['http://127.0.0.1:8080/x'] },
+    ]);
+    assert.equal(problems.length, 3);
+    assert.match(problems[0] ?? '', /^local_routes\[0\]\.targets: /);
+    // http://127.0.0.1:8080/ is the same origin as http://127.0.0.1:8080.
+    assert.equal(
+      problems[1],
+      'local_routes[1].targets[2]: "http://127.0.0.1:8080" is listed twice',
+    );
+    assert.match(problems[2] ?? '', /^local_routes\[2\]\.targets\[0\]: .* must be an origin/);
+  });
+
+  it('refuses a host with a port, a bare wildcard or a wildcard inside the name', () => {
+    const problems = problemsOf([
+      { prefix: '/a', host: 'example.com:80', target },
+      { prefix: '/b', host: '*', target },
+      { prefix: '/c', host: 'a.*.example.com', target },
+    ]);
+    assert.deepEqual(
+      problems.map((problem) => problem.split(':')[0]),
+      ['local_routes[0].host', 'local_routes[1].host', 'local_routes[2].host'],
+    );
+  });
+
+  it('refuses a protocol other than http1 or http2, and a max_ejection_time below ejection_time', () => {
+    const problems = problemsOf([
+      { prefix: '/a', target, protocol: 'h2c' as 'http2' },
+      {
+        prefix: '/b',
+        target,
+        outlier_detection: { ejection_time: '1m', max_ejection_time: '30s' },
+      },
+    ]);
+    assert.equal(problems.length, 2);
+    assert.match(problems[0] ?? '', /^local_routes\[0\]\.protocol: /);
+    assert.equal(
+      problems[1],
+      'local_routes[1].outlier_detection.max_ejection_time: max_ejection_time must be at least ejection_time',
+    );
+  });
+
+  it('reports a route that an earlier one shadows, on any host or on the same host', () => {
+    assert.deepEqual(
+      problemsOf([
+        { prefix: '/api', target },
+        { prefix: '/api/v1', host: 'a.example.com', target },
+        { prefix: '/', host: '*.example.com', target },
+        { path: '/x', host: 'b.example.com', target },
+        { prefix: '/y', host: '*.b.example.com', target },
+        { prefix: '/', target },
+        { regex: '/z.*', target },
+      ]),
+      [
+        'local_routes[1].prefix: prefix "/api/v1" on host "a.example.com" can never match: route 0 (prefix "/api") comes first and matches every such path',
+        'local_routes[3].path: path "/x" on host "b.example.com" can never match: route 2 (prefix "/" on host "*.example.com") comes first and matches every such path',
+        'local_routes[4].prefix: prefix "/y" on host "*.b.example.com" can never match: route 2 (prefix "/" on host "*.example.com") comes first and matches every such path',
+        'local_routes[6].regex: regex "/z.*" can never match: route 5 (prefix "/") comes first and matches every such path',
+      ],
+    );
+  });
+
+  it('reports no shadowing it cannot prove', () => {
+    const config = withRoutes([
+      { regex: '/.*', target },
+      { prefix: '/', host: 'a.example.com', target },
+      { prefix: '/a', host: 'b.example.com', target },
+      { prefix: '/a', host: '*.example.com', target },
+      { prefix: '/a', target },
+      { path: '/b', host: 'example.com', target },
+      { regex: '/c', target },
+      { prefix: '/', target },
+    ]);
+    assert.equal(config.local_routes.length, 8);
+  });
+
+  it('never reports a route as shadowed when a request matches it first', () => {
+    // Soundness: when route 1 is refused as shadowed by route 0, every request (authority and
+    // path, from a small world) that route 1 matches, route 0 matches too.
+    const hosts = [
+      undefined,
+      'a.example.com',
+      'b.a.example.com',
+      '*.example.com',
+      '*.a.example.com',
+    ];
+    const authorities = [
+      'a.example.com',
+      'b.a.example.com',
+      'c.b.a.example.com',
+      'example.com',
+      'x.org',
+    ];
+    const paths = ['/', '/a', '/ab', '/a/b', '/b'];
+    const route = fc.record({
+      kind: fc.constantFrom('prefix', 'path', 'regex'),
+      value: fc.constantFrom('/', '/a', '/ab', '/a/b'),
+      host: fc.constantFrom(...hosts),
+    });
+    const matches = (
+      r: { kind: string; value: string; host: string | undefined },
+      authority: string,
+      path: string,
+    ) => {
+      const hostOk =
+        r.host === undefined ||
+        (r.host.startsWith('*.')
+          ? authority.endsWith(r.host.slice(1)) && authority.length > r.host.length - 1
+          : authority === r.host);
+      const pathOk =
+        r.kind === 'prefix'
+          ? path.startsWith(r.value)
+          : r.kind === 'path'
+            ? path === r.value
+            : new RegExp(`^(?:${r.value}.*)$`).test(path);
+      return hostOk && pathOk;
+    };
+    fc.assert(
+      fc.property(route, route, (earlier, later) => {
+        const toInput = (r: typeof earlier): LocalRouteInput => ({
+          [r.kind]: r.kind === 'regex' ? `${r.value}.*` : r.value,
+          ...(r.host === undefined ? {} : { host: r.host }),
+          target,
+        });
+        let refused = false;
+        try {
+          withRoutes([toInput(earlier), toInput(later)]);
+        } catch (error) {
+          if (!(error instanceof ConfigError)) throw error;
+          refused = true;
+        }
+        if (!refused) return;
+        for (const authority of authorities) {
+          for (const path of paths) {
+            if (matches(later, authority, path)) {
+              assert.ok(matches(earlier, authority, path), `${authority}${path}`);
+            }
+          }
+        }
+      }),
+    );
   });
 });

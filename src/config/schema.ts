@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { parseHostPort, type HostPort } from '../shared/address.ts';
 import { parseDuration } from '../shared/duration.ts';
 import { isRevtunError } from '../shared/errors.ts';
+import { compileRouteRegex } from '../shared/route-regex.ts';
 import {
   defaultHeaderPrefix,
   defaultRequestMethod,
@@ -125,24 +126,65 @@ function exactlyOneMatch(
   }
 }
 
+/**
+ * What the shadowing check needs of a route: its path match, and for local routes the optional
+ * `regex` and `host` (egress routes have neither).
+ */
+interface ShadowableRoute {
+  prefix?: string | undefined;
+  path?: string | undefined;
+  regex?: string | undefined;
+  host?: string | undefined;
+}
+
+/**
+ * Whether every host `earlier` accepts includes every host `later` accepts: no host is any host;
+ * `*.example.com` includes `a.example.com` and `*.a.example.com`; an exact host only itself.
+ */
+function hostsInclude(earlier: string | undefined, later: string | undefined): boolean {
+  if (earlier === undefined) return true;
+  if (later === undefined) return false;
+  if (!earlier.startsWith('*.')) return earlier === later;
+  const suffix = earlier.slice(1);
+  return later.startsWith('*.') ? later.slice(1).endsWith(suffix) : later.endsWith(suffix);
+}
+
+/**
+ * Whether `earlier` matches every request `later` matches, so that `later` can never match. Only
+ * what can be proven: a regex is never proven to shadow (nor, except by the catch-all prefix `/`,
+ * to be shadowed), so the check never calls a reachable route unreachable.
+ */
+function shadows(earlier: ShadowableRoute, later: ShadowableRoute): boolean {
+  if (earlier.regex !== undefined || !hostsInclude(earlier.host, later.host)) return false;
+  if (earlier.prefix !== undefined) {
+    // Every request path starts with "/" (the router answers 400 to any other), so `/` is all.
+    if (later.regex !== undefined) return earlier.prefix === '/';
+    return (later.prefix ?? later.path ?? '').startsWith(earlier.prefix);
+  }
+  return later.path !== undefined && later.path === earlier.path;
+}
+
+function describeMatch(route: ShadowableRoute | undefined): string {
+  const match =
+    route?.prefix !== undefined
+      ? `prefix "${route.prefix}"`
+      : route?.regex !== undefined
+        ? `regex "${route.regex}"`
+        : `path "${route?.path}"`;
+  return route?.host !== undefined ? `${match} on host "${route.host}"` : match;
+}
+
 /** A route that an earlier one shadows can never match: that is a mistake, not a configuration. */
-const routesInOrder = <T extends { prefix?: string | undefined; path?: string | undefined }>(
-  routes: T[],
-  context: z.RefinementCtx,
-) => {
-  const shadows = (earlier: T, later: T) =>
-    earlier.prefix !== undefined
-      ? (later.prefix ?? later.path ?? '').startsWith(earlier.prefix)
-      : later.path !== undefined && later.path === earlier.path;
+const routesInOrder = <T extends ShadowableRoute>(routes: T[], context: z.RefinementCtx) => {
   routes.forEach((route, index) => {
     const earlier = routes.findIndex((other, j) => j < index && shadows(other, route));
     if (earlier >= 0) {
-      const describe = (r: T | undefined) =>
-        r?.prefix !== undefined ? `prefix "${r.prefix}"` : `path "${r?.path}"`;
+      const field =
+        route.prefix !== undefined ? 'prefix' : route.regex !== undefined ? 'regex' : 'path';
       context.addIssue({
         code: 'custom',
-        path: [index, route.prefix !== undefined ? 'prefix' : 'path'],
-        message: `${describe(route)} can never match: route ${earlier} (${describe(routes[earlier])}) comes first and matches every such path`,
+        path: [index, field],
+        message: `${describeMatch(route)} can never match: route ${earlier} (${describeMatch(routes[earlier])}) comes first and matches every such path`,
       });
     }
   });
@@ -263,6 +305,129 @@ const http2Limits = z.strictObject({
   ping_timeout: duration(100, 600_000).prefault('3s'),
 });
 
+/**
+ * The host a local route is limited to, as an Envoy virtual host's domain: a name, an IPv6
+ * literal in brackets, or `*.` and a suffix. Compared case-insensitively with `:authority`
+ * without its port.
+ */
+const routeHost = z
+  .string()
+  .transform((host) => host.toLowerCase())
+  .pipe(
+    z
+      .string()
+      .regex(
+        /^(?:(?:\*\.)?[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])$/,
+        'must be a host name, "*." and a domain, or an [IPv6] literal, without a port',
+      ),
+  );
+
+/** A local route's `regex`, compiled once here so that a bad pattern is a config error. */
+const routeRegex = z.string().superRefine((source, context) => {
+  try {
+    compileRouteRegex(source);
+  } catch (error) {
+    if (!isRevtunError(error)) throw error;
+    context.addIssue({ code: 'custom', message: error.message });
+  }
+});
+
+/**
+ * Passive failure detection of a local route's endpoints (Envoy's outlier detection, its
+ * consecutive-5xx detector): an endpoint whose requests fail `consecutive_failures` times in a row
+ * (a 5xx answer, or no answer at all) is taken out of the rotation for a while.
+ */
+const outlierDetection = z.strictObject({
+  /** Consecutive failures that eject an endpoint. Envoy's consecutive_5xx; default 5. */
+  consecutive_failures: z.int().min(1).max(1000).default(5),
+  /**
+   * How long the first ejection lasts; the n-th ejection in a row lasts n times as long (Envoy's
+   * base_ejection_time × ejections), up to `max_ejection_time`. Default 30 s.
+   */
+  ejection_time: duration(100, 86_400_000).prefault('30s'),
+  /** The cap of an ejection's length. Envoy's max_ejection_time; default 300 s. */
+  max_ejection_time: duration(100, 86_400_000).prefault('300s'),
+  /**
+   * Most endpoints of the route that may be ejected at once, percent; one may always be. Default
+   * 100 (Envoy's is 10, which for the two or three endpoints of a local service means one).
+   */
+  max_ejection_percent: z.int().min(0).max(100).default(100),
+});
+
+/** A local route: which streams it takes, and the local service endpoints that serve them. */
+const localRoute = z
+  .strictObject({
+    /** The path (without query) starts with this. */
+    prefix: pathPrefix.optional(),
+    /** The path (without query) is exactly this. */
+    path: pathPrefix.optional(),
+    /**
+     * The whole path (without query) matches this JavaScript RegExp source (no flags), as Envoy's
+     * safe_regex; matched in linear time (src/shared/route-regex.ts), so backreferences and
+     * lookarounds are refused. A path over 8192 characters never matches.
+     */
+    regex: routeRegex.optional(),
+    /** Only streams whose `:authority` (without port) is this host, or matches `*.domain`. */
+    host: routeHost.optional(),
+    /** Replaces the matched prefix of the path, query kept (Envoy's prefix_rewrite); only with prefix. */
+    prefix_rewrite: pathPrefix.optional(),
+    /** The local service's origin, `http://host:port`. */
+    target: localTarget.optional(),
+    /** Several endpoints of the local service, served round robin; instead of `target`. */
+    targets: z.array(localTarget).min(1).max(1000).optional(),
+    /** `http1`, or `http2` for h2c with prior knowledge (gRPC services). Default http1. */
+    protocol: z.enum(['http1', 'http2']).default('http1'),
+    /**
+     * How long the local service may take to send the response headers; then the stream gets 504.
+     * Absent: no per-route limit.
+     */
+    timeout: duration(10, 86_400_000).optional(),
+    /** Most connections the initiator opens to each endpoint of this local service. */
+    max_connections: z.int().min(1).max(10_000).default(128),
+    /** TCP connect deadline towards the local service. */
+    connect_timeout: duration(10, 300_000).prefault('10s'),
+    outlier_detection: outlierDetection.prefault({}),
+  })
+  .superRefine((route, context) => {
+    const matches = [route.prefix, route.path, route.regex].filter((m) => m !== undefined);
+    if (matches.length !== 1) {
+      context.addIssue({
+        code: 'custom',
+        message:
+          'a local route needs exactly one of prefix (a path prefix), path (an exact path) or regex (a pattern the whole path matches)',
+      });
+    }
+    if (route.prefix_rewrite !== undefined && route.prefix === undefined) {
+      context.addIssue({
+        code: 'custom',
+        path: ['prefix_rewrite'],
+        message: 'prefix_rewrite replaces the matched prefix, so it needs prefix',
+      });
+    }
+    if ((route.target === undefined) === (route.targets === undefined)) {
+      context.addIssue({
+        code: 'custom',
+        message: 'a local route needs exactly one of target (one endpoint) or targets (a list)',
+      });
+    }
+    route.targets?.forEach((target, index) => {
+      if (route.targets?.indexOf(target) !== index) {
+        context.addIssue({
+          code: 'custom',
+          path: ['targets', index],
+          message: `"${target}" is listed twice`,
+        });
+      }
+    });
+    if (route.outlier_detection.max_ejection_time < route.outlier_detection.ejection_time) {
+      context.addIssue({
+        code: 'custom',
+        path: ['outlier_detection', 'max_ejection_time'],
+        message: 'max_ejection_time must be at least ejection_time',
+      });
+    }
+  });
+
 export const initiatorSchema = z.strictObject({
   node_id: identifier,
   cluster_id: identifier,
@@ -358,21 +523,7 @@ export const initiatorSchema = z.strictObject({
         seen.add(cluster.name);
       });
     }),
-  local_routes: z
-    .array(
-      z
-        .strictObject({
-          ...routeMatch,
-          target: localTarget,
-          /** Most connections the initiator opens to this local service. */
-          max_connections: z.int().min(1).max(10_000).default(128),
-          /** TCP connect deadline towards the local service. */
-          connect_timeout: duration(10, 300_000).prefault('10s'),
-        })
-        .superRefine(exactlyOneMatch),
-    )
-    .min(1)
-    .superRefine(routesInOrder),
+  local_routes: z.array(localRoute).min(1).superRefine(routesInOrder),
 });
 
 /** Envoy's sandbox Lua script looks at x-node-id then x-cluster-id; the seed page uses the other two. */

@@ -324,7 +324,21 @@ describe("the local router's own check of the request target", () => {
     service = await countingService();
     elsewhere = await countingService();
     router = new LocalRouter(
-      [{ prefix: '/', target: service.target, max_connections: 1, connect_timeout: 1000 }],
+      [
+        {
+          prefix: '/',
+          target: service.target,
+          protocol: 'http1',
+          max_connections: 1,
+          connect_timeout: 1000,
+          outlier_detection: {
+            consecutive_failures: 5,
+            ejection_time: 30_000,
+            max_ejection_time: 300_000,
+            max_ejection_percent: 100,
+          },
+        },
+      ],
       silentLogger,
     );
     server = http2.createServer();
