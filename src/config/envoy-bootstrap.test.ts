@@ -159,6 +159,13 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
           target: 'http://downstream-service',
           max_connections: 128,
           connect_timeout: 30_000,
+          protocol: 'http1',
+          outlier_detection: {
+            consecutive_failures: 5,
+            ejection_time: 30_000,
+            max_ejection_time: 300_000,
+            max_ejection_percent: 100,
+          },
         },
       ],
     });
@@ -192,6 +199,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
       allow_insecure: false,
       pending_requests: { max_per_node: 1024, timeout: 5000 },
       max_departed_stats: 10_000,
+      use_all_tunnels: false,
       http2: {
         max_header_list_size: 65_536,
         max_session_memory: 10,

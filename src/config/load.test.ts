@@ -266,6 +266,7 @@ describe('parseConfigText', () => {
       allow_insecure: false,
       pending_requests: { max_per_node: 1024, timeout: 5000 },
       max_departed_stats: 10_000,
+      use_all_tunnels: false,
       http2: {
         max_header_list_size: 65_536,
         max_session_memory: 10,
@@ -408,6 +409,7 @@ describe('parseConfigText', () => {
       allow_insecure: true,
       pending_requests: { max_per_node: 7, timeout: 250 },
       max_departed_stats: 500,
+      use_all_tunnels: false,
       http2: {
         max_header_list_size: 2048,
         max_session_memory: 32,
