@@ -121,6 +121,8 @@ export function splice(
     let txBytes = 0;
     let outcome: SpliceResult['outcome'] = 'closed';
     let open = 2;
+    /** Which directions have ended cleanly (a real FIN or END_STREAM passed on). */
+    const ended = new Set<Side>();
     const abort = (why: 'caller_reset' | 'stream_reset') => {
       if (outcome === 'closed') outcome = why;
       callerSide.abort();
@@ -157,7 +159,6 @@ export function splice(
     ): void {
       const source = from.stream;
       const sink = to.stream;
-      let ended = false;
       source.on('data', (chunk: Buffer) => {
         count(chunk.length);
         if (!sink.write(chunk)) source.pause();
@@ -168,15 +169,16 @@ export function splice(
           abort(why);
           return;
         }
-        ended = true;
+        ended.add(from);
         if (!sink.destroyed) sink.end();
       });
       source.on('error', () => abort(why));
       const onClose = () => {
         // Closed before its end or with an error code (a reset, a lost tunnel), or closed while
         // the other side still sends to it (RST_STREAM(NO_ERROR) stopping what it no longer
-        // reads): an abort, so that a cut-off byte stream never looks closed.
-        if (!ended || !from.closedCleanly() || !source.writableFinished) abort(why);
+        // reads, a socket closed in full): an abort, so that a cut-off byte stream never looks
+        // closed.
+        if (!ended.has(from) || !ended.has(to) || !from.closedCleanly()) abort(why);
         done();
       };
       if (source.destroyed) onClose();
