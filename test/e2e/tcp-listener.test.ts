@@ -280,3 +280,71 @@ describe('a TCP listener whose tunnel dies', () => {
     assert.equal(responder.stats.value('tcp.hold.downstream_cx_total'), 1);
   });
 });
+
+describe('TCP listeners with tenant isolation and an idle timeout', () => {
+  let responder: Responder;
+  let fake: FakeInitiator;
+  const stat = (name: string) => responder.stats.value(name) ?? 0;
+
+  before(async () => {
+    responder = await startResponder({
+      stat_prefix: 'reverse_connections',
+      enable_tenant_isolation: true,
+      tunnel_listener: { address: '127.0.0.1:0', ping_interval: '300s' },
+      egress_listeners: [{ address: '127.0.0.1:0', tenant_id_headers: ['x-tenant-id'] }],
+      tcp_listeners: [
+        {
+          address: '127.0.0.1:0',
+          stat_prefix: 'mine',
+          host_id: 'n1',
+          tenant_id: 't1',
+          target: 'echo',
+          idle_timeout: '300ms',
+        },
+        {
+          address: '127.0.0.1:0',
+          stat_prefix: 'theirs',
+          host_id: 'n1',
+          tenant_id: 't2',
+          target: 'echo',
+        },
+      ],
+    });
+    // The fake's handshake names tenant t1.
+    const registered = tunnelsRegistered(responder, 'n1');
+    fake = await FakeInitiator.connect(responder.addresses.tunnel);
+    await fake.expectAccepted();
+    await registered;
+    void fake.serveHttp2((stream, headers) => answer(stream, headers, () => {}), {
+      enableConnectProtocol: true,
+    });
+  });
+
+  after(async () => {
+    fake.destroy();
+    await responder.close({ graceMs: 0 });
+  });
+
+  it("never reaches another tenant's node of the same id", async () => {
+    const outcome = await TcpCaller.open(responder.addresses.tcp[1]!).closed;
+    assert.equal(outcome.data.length, 0);
+    assert.equal(stat('tcp.theirs.downstream_cx_no_route'), 1);
+  });
+
+  it('keeps a busy connection past idle_timeout and closes an idle one', async () => {
+    const caller = await TcpCaller.connect(responder.addresses.tcp[0]!);
+    // Ten bytes 100 ms apart: 1 s of traffic, over three idle timeouts, never idle for one.
+    for (let index = 0; index < 10; index += 1) {
+      caller.socket.write('x');
+      await caller.receivedAtLeast(index + 1);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    assert.equal(caller.socket.destroyed, false);
+    assert.equal(stat('tcp.mine.idle_timeout'), 0);
+    // Then silence: the responder closes it.
+    const outcome = await caller.closed;
+    assert.equal(outcome.data.toString(), 'x'.repeat(10));
+    assert.equal(outcome.ended, false);
+    assert.equal(stat('tcp.mine.idle_timeout'), 1);
+  });
+});
