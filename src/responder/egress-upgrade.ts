@@ -105,6 +105,16 @@ function connectHeaders(target: UpgradeTarget): OutgoingHttpHeaders {
   return headers;
 }
 
+/** The extended CONNECT on the tunnel, or undefined if the session closed since it was handed out. */
+function openConnect(target: UpgradeTarget): ClientHttp2Stream | undefined {
+  try {
+    return target.session.request(connectHeaders(target), { endStream: false });
+  } catch (error) {
+    target.logger.debug({ err: error }, 'could not open a WebSocket stream on the tunnel');
+    return undefined;
+  }
+}
+
 /** An answer's end-to-end fields, for the caller (no pseudo-headers, no per-hop fields). */
 function answerHeaders(headers: IncomingHttpHeaders): Record<string, string | string[]> {
   const kept: Record<string, string | string[]> = {};
@@ -210,7 +220,11 @@ export function forwardWebSocketUpgrade(
     answerRaw(socket, problem.status, { ...plainText, ...extra }, `${problem.reason}\n`);
     return;
   }
-  void upgrade(request, socket, head, target);
+  upgrade(request, socket, head, target).catch((error: unknown) => {
+    // A bug or an unexpected failure costs this one connection, never the process.
+    target.logger.error({ err: error }, 'websocket forwarding failed');
+    socket.destroy();
+  });
 }
 
 async function upgrade(
@@ -226,7 +240,16 @@ async function upgrade(
     return;
   }
   if (socket.destroyed) return;
-  const stream = session.request(connectHeaders(target), { endStream: false });
+  const stream = openConnect(target);
+  if (stream === undefined) {
+    answerRaw(
+      socket,
+      502,
+      plainText,
+      `the tunnel to node ${node} closed before the WebSocket stream\n`,
+    );
+    return;
+  }
   const onCallerGone = () => resetTunnelStream(stream, http2.constants.NGHTTP2_CANCEL);
   socket.once('close', onCallerGone);
   const answer = await answerOf(stream, responseTimeoutMs);
@@ -303,7 +326,10 @@ export function forwardExtendedConnect(caller: ServerHttp2Stream, target: Upgrad
   caller.on('error', () => {
     // Seen by the splice or the pump; never an uncaught exception.
   });
-  void extendedConnect(caller, target);
+  extendedConnect(caller, target).catch((error: unknown) => {
+    target.logger.error({ err: error }, 'websocket forwarding failed');
+    resetTunnelStream(caller, http2.constants.NGHTTP2_INTERNAL_ERROR);
+  });
 }
 
 async function extendedConnect(caller: ServerHttp2Stream, target: UpgradeTarget): Promise<void> {
@@ -321,7 +347,11 @@ async function extendedConnect(caller: ServerHttp2Stream, target: UpgradeTarget)
     return;
   }
   if (caller.destroyed) return;
-  const stream = session.request(connectHeaders(target), { endStream: false });
+  const stream = openConnect(target);
+  if (stream === undefined) {
+    refuse(502, `the tunnel to node ${node} closed before the WebSocket stream\n`);
+    return;
+  }
   const onCallerGone = () => resetTunnelStream(stream, http2.constants.NGHTTP2_CANCEL);
   caller.once('close', onCallerGone);
   const answer = await answerOf(stream, responseTimeoutMs);

@@ -127,7 +127,11 @@ export class TcpListener {
     });
     // Nothing is read until the stream is there: the kernel's buffer holds the caller's bytes.
     socket.pause();
-    void this.#connect(socket);
+    this.#connect(socket).catch((error: unknown) => {
+      // A bug or an unexpected failure costs this one connection, never the process.
+      this.#logger.error({ err: error }, 'tcp connection failed');
+      resetSocket(socket);
+    });
   }
 
   async #connect(socket: net.Socket): Promise<void> {
@@ -150,14 +154,15 @@ export class TcpListener {
         `no tunnel to node ${node.nodeId} within connect_timeout`,
       );
       if (socket.destroyed) return;
+      // Throws if the session closed since it was handed out (a GOAWAY, the tunnel gone).
       stream = session.request(
         { ':method': 'CONNECT', ':authority': config.target },
         { endStream: false },
       );
     } catch (error) {
-      if (!isRevtunError(error)) throw error;
       stats.noRoute.inc();
-      log.info({ err: error.message }, 'tcp connection closed: no tunnel to node');
+      const why = isRevtunError(error) || error instanceof Error ? error.message : String(error);
+      log.info({ err: why }, 'tcp connection closed: no tunnel to node');
       resetSocket(socket);
       return;
     }
