@@ -348,3 +348,36 @@ describe('TCP listeners with tenant isolation and an idle timeout', () => {
     assert.equal(stat('tcp.mine.idle_timeout'), 1);
   });
 });
+
+describe('a TCP listener when the responder closes', () => {
+  it('stops accepting, and resets connections still open at the drain deadline', async () => {
+    const responder = await startResponder({
+      stat_prefix: 'reverse_connections',
+      tunnel_listener: { address: '127.0.0.1:0', ping_interval: '300s' },
+      egress_listeners: [{ address: '127.0.0.1:0' }],
+      tcp_listeners: [
+        { address: '127.0.0.1:0', stat_prefix: 'echo', host_id: 'n1', target: 'echo' },
+      ],
+    });
+    const registered = tunnelsRegistered(responder, 'n1');
+    const fake = await FakeInitiator.connect(responder.addresses.tunnel);
+    try {
+      await fake.expectAccepted();
+      await registered;
+      void fake.serveHttp2((stream, headers) => answer(stream, headers, () => {}), {
+        enableConnectProtocol: true,
+      });
+      const address = responder.addresses.tcp[0]!;
+      const caller = await TcpCaller.connect(address);
+      caller.socket.write('open');
+      await caller.receivedAtLeast(4);
+      await responder.close({ graceMs: 200 });
+      const outcome = await caller.closed;
+      assert.equal(outcome.ended, false, 'a connection cut by the close must not look ended');
+      await assert.rejects(TcpCaller.connect(address));
+    } finally {
+      fake.destroy();
+      await responder.close({ graceMs: 0 });
+    }
+  });
+});
