@@ -166,7 +166,9 @@ export class TcpListener {
       resetSocket(socket);
       return;
     }
-    const refused = await this.#established(stream, socket);
+    // One deadline from the accept: the wait for a tunnel stream counts against it too.
+    const left = Math.max(0, config.connect_timeout - (Date.now() - startedAt));
+    const refused = await this.#established(stream, socket, left);
     if (refused !== undefined) {
       // A caller that left first is not the initiator's failure.
       if (!socket.destroyed) stats.connectFail.inc();
@@ -200,10 +202,15 @@ export class TcpListener {
   }
 
   /**
-   * Waits for the initiator's answer to the CONNECT, at most connect_timeout; undefined once it
+   * Waits for the initiator's answer to the CONNECT, at most `timeoutMs` (what is left of
+   * connect_timeout); undefined once it
    * is 200, else why not (its status, a reset, the caller gone, the deadline).
    */
-  #established(stream: ClientHttp2Stream, socket: net.Socket): Promise<string | undefined> {
+  #established(
+    stream: ClientHttp2Stream,
+    socket: net.Socket,
+    timeoutMs: number,
+  ): Promise<string | undefined> {
     const { config } = this.#options;
     return new Promise((resolve) => {
       const done = (reason: string | undefined) => {
@@ -222,7 +229,7 @@ export class TcpListener {
       const timer = setTimeout(() => {
         this.#stats.connectTimeout.inc();
         done(`no answer within connect_timeout (${config.connect_timeout} ms)`);
-      }, config.connect_timeout);
+      }, timeoutMs);
       stream.on('response', onResponse);
       stream.on('close', onClose);
       socket.on('close', onCallerClose);
