@@ -293,6 +293,7 @@ describe('parseConfigText', () => {
         connection_limit_retry_after: 10_000,
         max_tunnels: 100_000,
       },
+      tcp_listeners: [],
       egress_listeners: [
         {
           address: { host: '127.0.0.1', port: 8085 },
@@ -472,6 +473,7 @@ describe('parseConfigText', () => {
           client_certificate: { uri_san: 'spiffe://{tenant_id}/{cluster_id}/{node_id}' },
         },
       },
+      tcp_listeners: [],
       egress_listeners: [
         {
           address: { host: '127.0.0.1', port: 8085 },

@@ -760,6 +760,36 @@ export const responderSchema = z
         }),
       )
       .min(1),
+    /**
+     * Raw TCP listeners (docs/tcp-and-websocket.md): each accepted connection becomes a CONNECT
+     * stream (docs/streams.md §3) to the node `host_id` names, whose initiator connects it to its
+     * TCP target named `target`. No caller authentication: beyond loopback only with
+     * allow_insecure.
+     */
+    tcp_listeners: z
+      .array(
+        z.strictObject({
+          address: listenAddress,
+          /** Names the listener in its stats: `tcp.<stat_prefix>.…` (Envoy's tcp_proxy stat_prefix). */
+          stat_prefix: identifier,
+          /** The node or cluster id every connection goes to (a cluster picks a node round robin). */
+          host_id: identifier,
+          /** The tenant of `host_id`; required with enable_tenant_isolation, refused without. */
+          tenant_id: identifier.optional(),
+          /** The name of the initiator's TCP target (`tcp_targets[].name`), sent as `:authority`. */
+          target: identifier,
+          /** Connections open at once; one more is closed at once (`downstream_cx_overflow`). */
+          max_connections: z.int().min(1).max(1_000_000).default(1024),
+          /** From accepting a connection to the initiator's 200; after it the connection closes. */
+          connect_timeout: duration(100, 300_000).prefault('10s'),
+          /**
+           * A connection with no bytes either way for this long is closed (and its stream reset).
+           * Default 1h; `0s` turns it off.
+           */
+          idle_timeout: duration(0, 86_400_000).prefault('1h'),
+        }),
+      )
+      .default([]),
   })
   .superRefine((config, context) => {
     const { tunnel_listener: tunnel } = config;
@@ -798,6 +828,19 @@ export const responderSchema = z
         }
       });
     });
+  })
+  .superRefine((config, context) => {
+    // A TCP listener's tenant is its own config (a raw connection carries no tenant header).
+    config.tcp_listeners.forEach((listener, index) => {
+      if (config.enable_tenant_isolation === (listener.tenant_id !== undefined)) return;
+      context.addIssue({
+        code: 'custom',
+        path: ['tcp_listeners', index, 'tenant_id'],
+        message: config.enable_tenant_isolation
+          ? 'with enable_tenant_isolation a tcp listener must name the tenant_id of its host_id'
+          : 'tenant_id needs enable_tenant_isolation',
+      });
+    });
   });
 
 export type InitiatorConfigInput = z.input<typeof initiatorSchema>;
@@ -808,6 +851,7 @@ export type RemoteClusterConfig = InitiatorConfig['remote_clusters'][number];
 export type LocalRouteConfig = InitiatorConfig['local_routes'][number];
 export type EgressListenerConfig = ResponderConfig['egress_listeners'][number];
 export type TunnelListenerConfig = ResponderConfig['tunnel_listener'];
+export type TcpListenerConfig = ResponderConfig['tcp_listeners'][number];
 
 type DeepReadonly<T> = T extends (infer U)[]
   ? ReadonlyArray<DeepReadonly<U>>

@@ -130,6 +130,25 @@ function responderProblems(config: ResponderConfig): string[] {
       );
     }
   });
+  problems.push(...tcpListenerProblems(config));
+  return problems;
+}
+
+/**
+ * A TCP listener takes no credentials at all (raw TCP has nowhere to carry them), so, as an
+ * egress listener without callers, it may only be reached from loopback.
+ */
+function tcpListenerProblems(config: ResponderConfig): string[] {
+  const problems: string[] = [];
+  config.tcp_listeners.forEach((listener, index) => {
+    if (isLoopbackHost(listener.address.host)) return;
+    problems.push(
+      `tcp_listeners[${index}].address ${formatHostPort(listener.address)} is reachable from ` +
+        `other hosts and a tcp listener authenticates no one: anyone who reaches it could open ` +
+        `connections to target ${listener.target} on host id ${listener.host_id}. ` +
+        'Bind it to loopback (and reach it through an authenticating proxy or a firewall).',
+    );
+  });
   return problems;
 }
 

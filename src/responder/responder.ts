@@ -32,11 +32,14 @@ import {
   type TunnelEvent,
   type TunnelInfo,
 } from './registry.ts';
+import { TcpListener } from './tcp-listener.ts';
 import { TunnelListener } from './tunnel-listener.ts';
 
 export interface ResponderAddresses {
   readonly tunnel: HostPort;
   readonly egress: readonly HostPort[];
+  /** The `tcp_listeners`, in config order. */
+  readonly tcp: readonly HostPort[];
   readonly admin: HostPort | undefined;
 }
 
@@ -60,6 +63,7 @@ export class Responder extends EventEmitter<ResponderEvents> {
   readonly #registry: TunnelRegistry;
   readonly #tunnelListener: TunnelListener;
   readonly #egress: EgressListener[];
+  readonly #tcp: TcpListener[];
   readonly #admin: AdminServer | undefined;
   readonly #lifecycleLog: LifecycleSink | undefined;
   #addresses: ResponderAddresses | undefined;
@@ -114,6 +118,16 @@ export class Responder extends EventEmitter<ResponderEvents> {
           registry: this.#registry,
           tenantIsolation: config.enable_tenant_isolation,
           identityHeaderPrefix: config.tunnel_listener.header_prefix,
+          stats: this.stats,
+          logger,
+          index,
+        }),
+    );
+    this.#tcp = config.tcp_listeners.map(
+      (tcp, index) =>
+        new TcpListener({
+          config: tcp,
+          registry: this.#registry,
           stats: this.stats,
           logger,
           index,
@@ -176,8 +190,10 @@ export class Responder extends EventEmitter<ResponderEvents> {
     const admin = await this.#admin?.listen();
     const egress: HostPort[] = [];
     for (const listener of this.#egress) egress.push(await listener.listen());
+    const tcp: HostPort[] = [];
+    for (const listener of this.#tcp) tcp.push(await listener.listen());
     const tunnel = await this.#tunnelListener.listen();
-    this.#addresses = { tunnel, egress, admin };
+    this.#addresses = { tunnel, egress, tcp, admin };
     this.#ready = true;
     this.#detachSignal = onAbort(this.#signal, () => void this.close());
   }
@@ -189,12 +205,14 @@ export class Responder extends EventEmitter<ResponderEvents> {
     const drained = Promise.all([
       this.#tunnelListener.close(),
       ...this.#egress.map((listener) => listener.drain()),
+      ...this.#tcp.map((listener) => listener.drain()),
       this.#registry.whenEmpty(),
     ]);
     this.#registry.drain();
     await deadline(graceMs, drained);
     this.#registry.destroy();
     for (const listener of this.#egress) listener.destroy();
+    for (const listener of this.#tcp) listener.destroy();
     await this.#admin?.close();
     await this.#lifecycleLog?.close();
     this.#logger.debug('responder closed');

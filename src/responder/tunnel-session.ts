@@ -53,6 +53,7 @@ export class TunnelSession {
   #error: Error | undefined;
   #peerLimit: number | undefined;
   #keepaliveTimedOut = false;
+  #settingsReceived = false;
 
   constructor(socket: Socket, options: TunnelSessionOptions) {
     this.identity = options.identity;
@@ -74,6 +75,7 @@ export class TunnelSession {
     openConnectionWindow(this.#session, options.limits);
     this.#session.on('remoteSettings', (settings: http2.Settings) => {
       this.#peerLimit = settings.maxConcurrentStreams;
+      this.#settingsReceived = true;
     });
     this.#session.on('goaway', () => {
       // The initiator drains this tunnel (Envoy's drain-aware HCM sends GOAWAY): no new streams,
@@ -119,6 +121,31 @@ export class TunnelSession {
   /** No new streams: GOAWAY sent or received, or the session is gone. */
   get draining(): boolean {
     return this.#draining;
+  }
+
+  /**
+   * Whether the initiator advertised SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441 §3): only then
+   * may an extended CONNECT (a WebSocket, docs/streams.md §2) go on this tunnel. A session just
+   * checked out may not have the initiator's SETTINGS yet, so this waits for them, at most
+   * `timeoutMs`; false if they do not come in time or the session closes first.
+   */
+  connectProtocol(timeoutMs: number): Promise<boolean> {
+    const session = this.#session;
+    if (this.#settingsReceived) {
+      return Promise.resolve(session.remoteSettings.enableConnectProtocol === true);
+    }
+    if (this.#closed) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const finish = () => {
+        clearTimeout(timer);
+        session.removeListener('remoteSettings', finish);
+        session.removeListener('close', finish);
+        resolve(this.#settingsReceived && session.remoteSettings.enableConnectProtocol === true);
+      };
+      const timer = setTimeout(finish, timeoutMs);
+      session.once('remoteSettings', finish);
+      session.once('close', finish);
+    });
   }
 
   /** True if the session was closed because a PING went unacknowledged. */
