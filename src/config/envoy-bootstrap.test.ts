@@ -200,6 +200,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
       pending_requests: { max_per_node: 1024, timeout: 5000 },
       max_departed_stats: 10_000,
       use_all_tunnels: false,
+      tcp_listeners: [],
       http2: {
         max_header_list_size: 65_536,
         max_session_memory: 10,
