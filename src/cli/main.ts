@@ -226,15 +226,20 @@ async function runResponder(flags: FlagValues): Promise<Stoppable> {
   );
   const logger = makeLogger(flags, 'info');
   const responder = await startExplained(flags, () => startResponder(config, { logger }));
-  printResponder(responder);
+  printResponder(responder, config);
   return responder;
 }
 
-function printResponder(responder: Responder): void {
-  const { tunnel, egress, admin } = responder.addresses;
+function printResponder(responder: Responder, config: ResponderConfig): void {
+  const { tunnel, egress, tcp, admin } = responder.addresses;
   out('revtun responder started');
   out(`  tunnel listener ${formatHostPort(tunnel)}`);
   for (const address of egress) out(`  egress listener http://${formatHostPort(address)}`);
+  tcp.forEach((address, index) => {
+    const listener = config.tcp_listeners[index];
+    const to = listener === undefined ? '' : ` -> ${listener.host_id} ${listener.target}`;
+    out(`  tcp listener ${formatHostPort(address)}${to}`);
+  });
   if (admin !== undefined) out(`  admin http://${formatHostPort(admin)}/stats`);
 }
 
@@ -286,7 +291,7 @@ async function runEnvoy(flags: FlagValues): Promise<Stoppable> {
         logger: logger.child({ role: 'responder' }),
       });
       running.push(responder);
-      printResponder(responder);
+      printResponder(responder, responderConfig);
     }
     if (initiatorConfig !== undefined) {
       const initiator = await startInitiator(initiatorConfig, {
