@@ -247,6 +247,7 @@ describe('parseConfigText', () => {
           connect_timeout: 10_000,
         },
       ],
+      tcp_targets: [],
     });
   });
 
@@ -373,6 +374,7 @@ describe('parseConfigText', () => {
           connect_timeout: 2000,
         },
       ],
+      tcp_targets: [],
     });
   });
 
