@@ -23,7 +23,7 @@ import { describeError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import { contentLength, stopUpload, watchEndStream } from '../shared/http2-stream.ts';
 import type { Logger } from '../shared/logger.ts';
-import { respondText, type EndpointOutcome } from './local-common.ts';
+import { resetStreamWith, respondText, type EndpointOutcome } from './local-common.ts';
 
 const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR, NGHTTP2_FLAG_END_STREAM } = http2.constants;
 
@@ -260,7 +260,10 @@ class Http2Exchange {
     }
     if (code !== NGHTTP2_NO_ERROR || !this.#local.readableEnded) {
       // Reset with the local service's own code; what was sent must not look complete.
-      resetWith(stream, code === NGHTTP2_NO_ERROR ? http2.constants.NGHTTP2_INTERNAL_ERROR : code);
+      resetStreamWith(
+        stream,
+        code === NGHTTP2_NO_ERROR ? http2.constants.NGHTTP2_INTERNAL_ERROR : code,
+      );
     }
   };
 
@@ -277,11 +280,6 @@ class Http2Exchange {
     this.#reported = true;
     this.#options.endpoint[outcome]();
   }
-}
-
-/** `stream.close(code)`, which resets the stream with that code. */
-function resetWith(stream: ServerHttp2Stream, code: number): void {
-  if (!stream.destroyed) stream.close(code);
 }
 
 function endToEnd(headers: IncomingHttpHeaders): http2.OutgoingHttpHeaders {

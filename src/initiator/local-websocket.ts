@@ -11,9 +11,13 @@ import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:ht
 import net, { type Socket } from 'node:net';
 import { describeError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
-import { resetStream } from '../shared/http2-stream.ts';
 import type { Logger } from '../shared/logger.ts';
-import { respondText, spliceStream, type EndpointOutcome } from './local-common.ts';
+import {
+  resetStreamWith,
+  respondText,
+  spliceStream,
+  type EndpointOutcome,
+} from './local-common.ts';
 
 /** RFC 6455 §1.3: the GUID the accept value is computed with. */
 const websocketGuid = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
@@ -119,7 +123,7 @@ export function forwardWebSocket(
     else endpoint.succeeded();
     stream.removeListener('close', abort);
     stream.once('close', () => response.destroy());
-    response.on('error', () => resetStream(stream, http2.constants.NGHTTP2_CANCEL, 'cut off'));
+    response.on('error', () => resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL));
     if (stream.destroyed || stream.closed) {
       response.destroy();
       return;
@@ -132,7 +136,7 @@ export function forwardWebSocket(
     response.pipe(stream, { end: false });
     response.once('end', () => {
       if (response.complete) stream.end();
-      else resetStream(stream, http2.constants.NGHTTP2_CANCEL, 'the response was cut off');
+      else resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL);
     });
   });
   // The extended CONNECT's own DATA comes only after the 200; nothing is sent with the GET.
