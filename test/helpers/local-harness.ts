@@ -10,6 +10,7 @@ import http, { type IncomingMessage } from 'node:http';
 import http2 from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import type { LocalRouteConfig, TcpTargetConfig } from '../../src/config/schema.ts';
+import { resetStreamWith } from '../../src/initiator/local-common.ts';
 import { LocalRouter } from '../../src/initiator/local-router.ts';
 import { silentLogger } from '../../src/shared/logger.ts';
 
@@ -100,7 +101,7 @@ export async function h2Relay(client: http2.ClientHttp2Session): Promise<Relay> 
       tunnel.pipe(caller);
     });
     caller.on('close', () => {
-      if (!tunnel.closed) tunnel.close(NGHTTP2_CANCEL);
+      if (!tunnel.closed) resetStreamWith(tunnel, NGHTTP2_CANCEL);
     });
     tunnel.on('close', () => {
       if (!caller.closed && tunnel.rstCode !== undefined && tunnel.rstCode !== 0) {
@@ -175,9 +176,7 @@ export async function websocketRelay(client: http2.ClientHttp2Session): Promise<
       if (head.length > 0) tunnel.write(head);
       socket.pipe(tunnel);
       tunnel.pipe(socket);
-      socket.on('close', () => {
-        if (!tunnel.closed) tunnel.close(NGHTTP2_CANCEL);
-      });
+      socket.on('close', () => resetStreamWith(tunnel, NGHTTP2_CANCEL));
       tunnel.on('close', () => socket.destroy());
     });
   });
