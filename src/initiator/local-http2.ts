@@ -192,7 +192,7 @@ class Http2Exchange {
       stream.pipe(local, { end: false });
       stream.once('end', () => {
         if (receivedEndStream()) local.end();
-        else if (!local.destroyed) local.close(NGHTTP2_CANCEL);
+        else resetStreamWith(local, NGHTTP2_CANCEL);
       });
     }
     local.on('headers', (informational: IncomingHttpHeaders) => {
@@ -271,8 +271,9 @@ class Http2Exchange {
     const local = this.#local;
     if (local.destroyed || local.closed) return;
     // The responder reset the stream (the caller cancelled, or its deadline passed), or the tunnel
-    // went away: the local service is told the call is cancelled.
-    local.close(NGHTTP2_CANCEL);
+    // went away: the local service is told the call is cancelled, with no END_STREAM before it
+    // that would end a client-streaming call's input as if it were complete.
+    resetStreamWith(local, NGHTTP2_CANCEL);
   };
 
   #report(outcome: 'succeeded' | 'failed'): void {

@@ -61,6 +61,8 @@ export function forwardWebSocket(
   const fail = (status: number, message: string, error?: Error) => {
     if (settled) return;
     settled = true;
+    // The caller went away first: nobody to answer, and no failure of the service's.
+    if (stream.destroyed || stream.closed) return;
     endpoint.failed();
     logger.warn({ target: endpoint.origin, path, err: error }, message);
     respondText(stream, status, message, true);
