@@ -82,7 +82,9 @@ export class Http2Endpoint {
     const session = this.#session;
     if (session === undefined || session.destroyed) return Promise.resolve();
     return new Promise((resolve) => {
-      session.close(() => resolve());
+      // Not close(callback): on a session already closing, that callback is never called.
+      session.once('close', () => resolve());
+      session.close();
     });
   }
 
