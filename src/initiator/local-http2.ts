@@ -164,6 +164,8 @@ class Http2Exchange {
   #requestTrailers: http2.OutgoingHttpHeaders = {};
   #responseTrailers: http2.OutgoingHttpHeaders = {};
   #responded = false;
+  /** The whole response, END_STREAM included, came and was ended on the tunnel stream. */
+  #responseEnded = false;
   #reported = false;
   /** The local stream's error (its session's, when that failed to connect). */
   #localError: Error | undefined;
@@ -221,6 +223,7 @@ class Http2Exchange {
     // Trailers-only (gRPC's way to fail a call at once): END_STREAM on the HEADERS, as it came.
     if ((flags & NGHTTP2_FLAG_END_STREAM) !== 0) {
       stream.respond(response, { endStream: true });
+      this.#responseEnded = true;
       this.#afterResponse();
       return;
     }
@@ -232,6 +235,7 @@ class Http2Exchange {
     local.pipe(stream, { end: false });
     local.once('end', () => {
       if (!receivedEndStream()) return; // the local stream's close resets the tunnel stream
+      this.#responseEnded = true;
       stream.end();
       this.#afterResponse();
     });
@@ -260,8 +264,9 @@ class Http2Exchange {
       respondText(stream, 502, `local service ${endpoint.origin} failed: ${reason}`, hasBody);
       return;
     }
-    if (code !== NGHTTP2_NO_ERROR || !this.#local.readableEnded) {
-      // Reset with the local service's own code; what was sent must not look complete.
+    if (!this.#responseEnded) {
+      // Cut off (a reset, or a close without END_STREAM): reset with the local service's own code,
+      // so that what was sent does not look complete.
       resetStreamWith(
         stream,
         code === NGHTTP2_NO_ERROR ? http2.constants.NGHTTP2_INTERNAL_ERROR : code,

@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import type { TcpTargetConfig } from '../../src/config/schema.ts';
 import { resetStreamWith } from '../../src/initiator/local-common.ts';
 import { routerHarness, type RouterHarness } from '../helpers/local-harness.ts';
+import { TestProcess } from '../helpers/process.ts';
 
 const { NGHTTP2_CANCEL, NGHTTP2_CONNECT_ERROR } = http2.constants;
 
@@ -181,5 +182,51 @@ describe('TCP targets at the initiator', () => {
     echo.sockets[count]?.resetAndDestroy();
     await closed;
     assert.equal(stream.rstCode, NGHTTP2_CONNECT_ERROR);
+  });
+});
+
+/**
+ * A listener that never accepts, its accept queue full: Linux then drops further SYNs, so a connect
+ * to it neither succeeds nor fails. A Python process, because Node accepts every connection.
+ */
+const unansweringListener = `
+import socket, time
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(0)
+fillers = []
+for _ in range(4):
+    try:
+        fillers.append(socket.create_connection(listener.getsockname(), timeout=0.3))
+    except OSError:
+        break
+print(listener.getsockname()[1], flush=True)
+time.sleep(60)
+`;
+
+describe('a TCP target that does not answer', () => {
+  let listener: TestProcess;
+  let harness: RouterHarness;
+
+  before(async () => {
+    listener = new TestProcess(['python3', '-c', unansweringListener]);
+    const [, port] = await listener.waitForStdout(/^(\d+)\n/, 10_000);
+    harness = await routerHarness([], [target('slow', Number(port), 300)]);
+  });
+
+  after(async () => {
+    await harness.close();
+    await listener.stop();
+  });
+
+  it('answers 502 once its connect_timeout has passed', async () => {
+    const started = Date.now();
+    const { stream, status } = await connect(harness, 'slow');
+    assert.equal(status, 502);
+    assert.ok(Date.now() - started >= 290, `answered after ${Date.now() - started} ms`);
+    assert.equal(
+      (await readAll(stream)).toString(),
+      'TCP target slow failed: not connected within 300 ms\n',
+    );
   });
 });
