@@ -168,6 +168,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
           },
         },
       ],
+      tcp_targets: [],
     });
     assert.ok(Object.isFrozen(translation.initiator));
   });

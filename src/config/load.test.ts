@@ -254,6 +254,7 @@ describe('parseConfigText', () => {
           },
         },
       ],
+      tcp_targets: [],
     });
   });
 
@@ -396,6 +397,7 @@ describe('parseConfigText', () => {
           },
         },
       ],
+      tcp_targets: [],
     });
   });
 
@@ -923,7 +925,7 @@ describe('loadConfigFile', () => {
 });
 
 describe('local route options', () => {
-  type LocalRouteInput = InitiatorConfigInput['local_routes'][number];
+  type LocalRouteInput = NonNullable<InitiatorConfigInput['local_routes']>[number];
   const withRoutes = (local_routes: LocalRouteInput[]) =>
     validateInitiatorConfig({ ...initiatorObject, local_routes });
   /** The `path: message` of each problem of a config with these routes. */

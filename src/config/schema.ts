@@ -428,7 +428,7 @@ const localRoute = z
     }
   });
 
-export const initiatorSchema = z.strictObject({
+const initiatorFields = z.strictObject({
   node_id: identifier,
   cluster_id: identifier,
   tenant_id: identifier,
@@ -523,8 +523,52 @@ export const initiatorSchema = z.strictObject({
         seen.add(cluster.name);
       });
     }),
-  local_routes: z.array(localRoute).min(1).superRefine(routesInOrder),
+  local_routes: z.array(localRoute).default([]).superRefine(routesInOrder),
+  /**
+   * TCP services the responder may open connections to by name (a CONNECT whose `:authority` is
+   * the name, docs/streams.md §3). Only these are ever dialled. Default: none.
+   */
+  tcp_targets: z
+    .array(
+      z.strictObject({
+        /** What the responder's `tcp_listeners` call it. Unique. */
+        name: identifier,
+        /** `host:port` of the TCP service. */
+        address: dialAddress,
+        /** TCP connect deadline; default 10 s, 10 ms to 300 s. */
+        connect_timeout: duration(10, 300_000).prefault('10s'),
+      }),
+    )
+    .default([])
+    .superRefine((targets, context) => {
+      const seen = new Set<string>();
+      targets.forEach((target, index) => {
+        if (seen.has(target.name)) {
+          context.addIssue({
+            code: 'custom',
+            path: [index, 'name'],
+            message: `TCP target "${target.name}" is defined twice`,
+          });
+        }
+        seen.add(target.name);
+      });
+    }),
 });
+
+export const initiatorSchema = initiatorFields.refine(
+  (config) => config.local_routes.length > 0 || config.tcp_targets.length > 0,
+  {
+    path: ['local_routes'],
+    message: 'is required: an initiator needs at least one local route or TCP target',
+    // Checked even when other keys have problems, so that a config with neither hears of it; not
+    // when the object itself or either list is wrong (there is nothing to count then).
+    when: (payload) =>
+      payload.issues.every((issue) => {
+        const key = issue.path?.[0];
+        return key !== undefined && key !== 'local_routes' && key !== 'tcp_targets';
+      }),
+  },
+);
 
 /** Envoy's sandbox Lua script looks at x-node-id then x-cluster-id; the seed page uses the other two. */
 export const defaultHostIdHeaders = [
@@ -849,6 +893,7 @@ export type ResponderConfigInput = z.input<typeof responderSchema>;
 export type ResponderConfig = DeepReadonly<z.output<typeof responderSchema>>;
 export type RemoteClusterConfig = InitiatorConfig['remote_clusters'][number];
 export type LocalRouteConfig = InitiatorConfig['local_routes'][number];
+export type TcpTargetConfig = InitiatorConfig['tcp_targets'][number];
 export type EgressListenerConfig = ResponderConfig['egress_listeners'][number];
 export type TunnelListenerConfig = ResponderConfig['tunnel_listener'];
 export type TcpListenerConfig = ResponderConfig['tcp_listeners'][number];

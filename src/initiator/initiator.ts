@@ -91,7 +91,7 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
     this.config = config;
     this.#logger = logger;
     this.stats = new StatsRegistry();
-    this.#router = new LocalRouter(config.local_routes, logger);
+    this.#router = new LocalRouter(config.local_routes, logger, config.tcp_targets);
     this.#lifecycleLog =
       config.lifecycle_log === undefined
         ? undefined

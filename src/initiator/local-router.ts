@@ -1,42 +1,68 @@
 /**
- * The initiator's local routes: each stream the responder opens on a tunnel is matched by path
- * prefix or exact path (first match wins, as Envoy's route table) and forwarded to a local service over HTTP/1.1
- * with an undici Pool per service. Unmatched paths get 404. Bodies stream both ways with
- * HTTP/2 flow control and backpressure, never buffered whole.
+ * The initiator's local router: every stream the responder opens on a tunnel is one of the three
+ * kinds of docs/streams.md, and goes to its handler:
+ *
+ * - An HTTP request: matched against the local routes (local-routes.ts, first match wins, as
+ *   Envoy's route table) and sent to an endpoint of the route's service, over HTTP/1.1
+ *   (local-http1.ts, an undici Pool per endpoint) or HTTP/2 (local-http2.ts, for gRPC). Unmatched
+ *   paths get 404.
+ * - An RFC 8441 extended CONNECT with `:protocol websocket`: matched the same way, and opened on
+ *   the (HTTP/1.1) service as a WebSocket upgrade (local-websocket.ts).
+ * - A plain CONNECT: a TCP connection to the configured TCP target `:authority` names
+ *   (local-tcp.ts).
  *
  * The initiator is never an open relay: the only places it connects to are the configured targets.
- * `:authority` is passed on as `host` and never picks a destination; CONNECT and extended CONNECT
- * (RFC 9113 §8.5, RFC 8441) get 405, and a `:path` that is not origin-form (RFC 9112 §3.2.1:
- * `*` or an absolute URL) gets 400, so nothing but a path on a local service is ever requested.
+ * `:authority` is passed on as `host` and never picks a destination except as a TCP target's name,
+ * and a `:path` that is not origin-form (RFC 9112 §3.2.1: `*` or an absolute URL) gets 400, so
+ * nothing but a path on a local service is ever requested.
  */
 import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
-import { PassThrough } from 'node:stream';
-import { Pool, type Dispatcher } from 'undici';
-import type { LocalRouteConfig } from '../config/schema.ts';
-import { describeError } from '../shared/errors.ts';
-import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
-import { contentLength, stopUpload, watchEndStream } from '../shared/http2-stream.ts';
+import { Pool } from 'undici';
+import type { LocalRouteConfig, TcpTargetConfig } from '../config/schema.ts';
 import { pathOf } from '../shared/route-match.ts';
 import type { Logger } from '../shared/logger.ts';
-import { LocalRouteTable, type LocalEndpoint } from './local-routes.ts';
+import { respondText } from './local-common.ts';
+import { forwardHttp1 } from './local-http1.ts';
+import { forwardHttp2, Http2Endpoint } from './local-http2.ts';
+import { LocalRouteTable } from './local-routes.ts';
+import { TcpTargets } from './local-tcp.ts';
+import { forwardWebSocket } from './local-websocket.ts';
 
-/** The `allow` of a 405 (RFC 9110 §15.5.6): every method but CONNECT is forwarded. */
-const allowedMethods = 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE';
+/** The client of one endpoint, by the protocol of the route that made it. */
+type LocalClient =
+  | { readonly protocol: 'http1'; readonly pool: Pool; readonly connectTimeoutMs: number }
+  | { readonly protocol: 'http2'; readonly session: Http2Endpoint };
 
 export class LocalRouter {
-  readonly #routes: LocalRouteTable<Pool>;
+  readonly #routes: LocalRouteTable<LocalClient>;
+  readonly #tcpTargets: TcpTargets;
   readonly #logger: Logger;
 
-  constructor(routes: readonly LocalRouteConfig[], logger: Logger) {
+  constructor(
+    routes: readonly LocalRouteConfig[],
+    logger: Logger,
+    tcpTargets: readonly TcpTargetConfig[] = [],
+  ) {
     this.#logger = logger;
-    this.#routes = new LocalRouteTable(routes, {
+    this.#tcpTargets = new TcpTargets(tcpTargets, logger);
+    this.#routes = new LocalRouteTable<LocalClient>(routes, {
       createClient: (origin, route) =>
-        new Pool(origin, {
-          connections: route.max_connections,
-          connect: { timeout: route.connect_timeout },
-        }),
-      closeClient: (pool) => pool.close(),
-      destroyClient: (pool) => void pool.destroy().catch(() => {}),
+        route.protocol === 'http2'
+          ? { protocol: 'http2', session: new Http2Endpoint(origin, route.connect_timeout, logger) }
+          : {
+              protocol: 'http1',
+              pool: new Pool(origin, {
+                connections: route.max_connections,
+                connect: { timeout: route.connect_timeout },
+              }),
+              connectTimeoutMs: route.connect_timeout,
+            },
+      closeClient: (client) =>
+        client.protocol === 'http2' ? client.session.close() : client.pool.close(),
+      destroyClient: (client) => {
+        if (client.protocol === 'http2') client.session.destroy();
+        else void client.pool.destroy().catch(() => {});
+      },
       logger,
     });
   }
@@ -59,15 +85,24 @@ export class LocalRouter {
 
   destroy(): void {
     this.#routes.destroy();
+    this.#tcpTargets.destroy();
   }
 
   #serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): void {
     const method = headers[':method'] ?? 'GET';
     const hasBody = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) === 0;
-    if (method === 'CONNECT' || headers[':protocol'] !== undefined) {
-      respondText(stream, 405, 'CONNECT is not served: the initiator is not a relay', hasBody, {
-        allow: allowedMethods,
-      });
+    const protocol = headers[':protocol'];
+    if (method === 'CONNECT' && protocol === undefined) {
+      this.#tcpTargets.handle(stream, headers, hasBody);
+      return;
+    }
+    if (protocol !== undefined && protocol !== 'websocket') {
+      respondText(
+        stream,
+        501,
+        `extended CONNECT for ${JSON.stringify(String(protocol).slice(0, 100))} is not served: only websocket is`,
+        hasBody,
+      );
       return;
     }
     const path = headers[':path'] ?? '/';
@@ -80,8 +115,7 @@ export class LocalRouter {
       );
       return;
     }
-    const authority = headers[':authority'];
-    const choice = this.#routes.match(path, authority);
+    const choice = this.#routes.match(path, headers[':authority']);
     if (choice === undefined) {
       respondText(stream, 404, `no local route for path ${pathOf(path)}`, hasBody);
       return;
@@ -96,185 +130,32 @@ export class LocalRouter {
       );
       return;
     }
-    const forwarded: Record<string, string | string[]> = {};
-    forEachEndToEndHeader(headers, (name, value) => {
-      // The responder's HTTP/1.1 server already answered any 100-continue; undici refuses expect.
-      if (name !== 'expect') forwarded[name] = value;
-    });
-    if (authority !== undefined) forwarded['host'] = authority;
-    const body = hasBody ? requestBody(stream, contentLength(headers['content-length'])) : null;
-    endpoint.client.dispatch(
-      { path: choice.path, method, headers: forwarded, body },
-      new LocalExchange({ stream, endpoint, path: choice.path, hasBody, logger: this.#logger }),
-    );
-  }
-}
-
-interface ExchangeOptions {
-  readonly stream: ServerHttp2Stream;
-  readonly endpoint: LocalEndpoint<Pool>;
-  readonly path: string;
-  readonly hasBody: boolean;
-  readonly logger: Logger;
-}
-
-/**
- * One request to a local service, as an undici dispatch handler: the response goes onto the tunnel
- * stream as it arrives, with no response body stream, pump or AbortController in between (undici's
- * `request()` makes all three for every request, which showed in profiles). The semantics are
- * those of `request()` piped into the stream:
- *
- * - The tunnel stream closing (the responder reset it, or its caller went away) aborts the request,
- *   also one still queued for a connection, and the local service's connection with it.
- * - Backpressure: while the tunnel stream's buffer is full the local response is paused, and
- *   resumed at 'drain' (HTTP/2 flow control reaches the local service through TCP).
- * - The response ends the stream only when the local service completed it. A failure before the
- *   response is a 502; after it, the stream is destroyed, which resets it without END_STREAM
- *   (http2-stream.ts): the responder aborts its caller instead of ending a truncated body cleanly.
- */
-class LocalExchange implements Dispatcher.DispatchHandler {
-  readonly #options: ExchangeOptions;
-  #controller: Dispatcher.DispatchController | undefined;
-  /** Why the request was given up before undici started it, if it was. */
-  #abortedEarly: Error | undefined;
-  #responded = false;
-  #ended = false;
-
-  constructor(options: ExchangeOptions) {
-    this.#options = options;
-    options.stream.once('close', this.#onStreamClose);
-  }
-
-  onRequestStart(controller: Dispatcher.DispatchController): void {
-    this.#controller = controller;
-    if (this.#abortedEarly !== undefined) controller.abort(this.#abortedEarly);
-  }
-
-  onResponseStart(
-    controller: Dispatcher.DispatchController,
-    statusCode: number,
-    headers: IncomingHttpHeaders,
-  ): void {
-    // 1xx: informational, the response is still to come (as undici's request() skips them).
-    if (statusCode < 200) return;
-    const { stream, endpoint } = this.#options;
-    // Passive failure detection counts what Envoy's outlier detection does: 5xx and failures.
-    if (statusCode >= 500) endpoint.failed();
-    else endpoint.succeeded();
-    if (stream.destroyed || stream.closed) {
-      controller.abort(new Error('the tunnel stream closed before the response'));
+    const client = endpoint.client;
+    if (protocol !== undefined) {
+      if (client.protocol !== 'http1') {
+        respondText(
+          stream,
+          501,
+          `WebSocket is not served by local route ${choice.route.description}: its service speaks HTTP/2`,
+          hasBody,
+        );
+        return;
+      }
+      const target = { path: choice.path, endpoint, connectTimeoutMs: client.connectTimeoutMs };
+      forwardWebSocket(stream, headers, target, this.#logger);
       return;
     }
-    const response: http2.OutgoingHttpHeaders = { ':status': statusCode };
-    forEachEndToEndHeader(headers, (name, value) => {
-      response[name] = value;
-    });
-    this.#responded = true;
-    stream.on('drain', this.#onDrain);
-    stream.respond(response);
-  }
-
-  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (!this.#options.stream.write(chunk)) controller.pause();
-  }
-
-  onResponseEnd(): void {
-    const { stream } = this.#options;
-    this.#ended = true;
-    stream.removeListener('drain', this.#onDrain);
-    stream.once('finish', this.#onFinish);
-    stream.end();
-  }
-
-  /** The whole response is on the stream. */
-  readonly #onFinish = (): void => {
-    const { stream, hasBody } = this.#options;
-    stream.removeListener('close', this.#onStreamClose);
-    // A complete response while the request body is still coming: ask the responder to stop
-    // sending it (RST_STREAM NO_ERROR after END_STREAM, RFC 9113 §8.1). Only then: a reset per
-    // request would trip the peer's rapid-reset guard.
-    if (hasBody) stopUpload(stream);
-  };
-
-  onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
-    const { stream, endpoint, path, hasBody, logger } = this.#options;
-    stream.removeListener('close', this.#onStreamClose);
-    stream.removeListener('drain', this.#onDrain);
-    if (this.#responded) {
-      logger.info(
-        { target: endpoint.origin, path, err: error },
-        'local response not fully forwarded',
-      );
-      // Resets the stream (RST_STREAM) rather than ending a truncated body.
-      if (!stream.destroyed) stream.destroy(error);
+    if (client.protocol === 'http2') {
+      const target = { path: choice.path, endpoint, client: client.session };
+      forwardHttp2(stream, headers, hasBody, target, this.#logger);
       return;
     }
-    // The stream closed first: nobody is left to answer.
-    if (stream.destroyed || stream.closed) return;
-    endpoint.failed();
-    logger.warn({ target: endpoint.origin, path, err: error }, 'local service request failed');
-    respondText(
+    forwardHttp1(
       stream,
-      502,
-      `local service ${endpoint.origin} failed: ${describeError(error)}`,
+      headers,
       hasBody,
+      { path: choice.path, endpoint, pool: client.pool },
+      this.#logger,
     );
   }
-
-  readonly #onDrain = (): void => {
-    this.#controller?.resume();
-  };
-
-  readonly #onStreamClose = (): void => {
-    if (this.#ended) {
-      // Closed with the end of the response still buffered: it never went out whole.
-      const { stream, endpoint, path, logger } = this.#options;
-      stream.removeListener('finish', this.#onFinish);
-      logger.info({ target: endpoint.origin, path }, 'local response not fully forwarded');
-      return;
-    }
-    const reason = new Error('the tunnel stream closed before the local response was complete');
-    if (this.#controller === undefined) this.#abortedEarly = reason;
-    else this.#controller.abort(reason);
-  };
-}
-
-/**
- * The request body as undici's `body`. Not the stream itself: undici destroys its body stream once
- * it has sent it, and destroying an HTTP/2 stream resets both directions, which would cut off the
- * response. A pipe (no destroy propagation) keeps HTTP/2 flow control as the backpressure. The body
- * ends only at END_STREAM; a reset fails it, so the local service never takes a cut-off upload for
- * a whole one.
- */
-function requestBody(stream: ServerHttp2Stream, declaredLength: number | undefined): PassThrough {
-  const body = new PassThrough();
-  const receivedEndStream = watchEndStream(stream, () => declaredLength);
-  stream.pipe(body, { end: false });
-  stream.once('end', () => {
-    if (receivedEndStream()) body.end();
-    else body.destroy(new Error('the responder reset the request before its end'));
-  });
-  stream.once('error', (error) => body.destroy(error));
-  return body;
-}
-
-function respondText(
-  stream: ServerHttp2Stream,
-  status: number,
-  message: string,
-  hasBody: boolean,
-  headers: http2.OutgoingHttpHeaders = {},
-): void {
-  if (stream.destroyed || stream.closed) return;
-  const body = `${message}\n`;
-  stream.respond({
-    ...headers,
-    ':status': status,
-    'content-type': 'text/plain; charset=utf-8',
-    'content-length': Buffer.byteLength(body),
-  });
-  // A request body nobody will read: once the answer is out, ask the responder to stop sending it.
-  stream.end(body, () => {
-    if (hasBody) stopUpload(stream);
-  });
 }

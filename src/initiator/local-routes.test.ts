@@ -8,7 +8,7 @@ import { silentLogger, type Logger } from '../shared/logger.ts';
 import { maxRegexPathLength } from '../shared/route-regex.ts';
 import { LocalRouteTable, hostOf, type LocalEndpoint } from './local-routes.ts';
 
-type RouteInput = InitiatorConfigInput['local_routes'][number];
+type RouteInput = NonNullable<InitiatorConfigInput['local_routes']>[number];
 
 /** A fake client: which origin and protocol it was made for. */
 interface FakeClient {

@@ -122,7 +122,12 @@ export class InitiatorTunnel {
     const options = http2SessionOptions(this.#options.limits);
     const session = http2.performServerHandshake(this.socket, {
       ...options,
-      settings: { ...options.settings, maxConcurrentStreams: this.#options.maxConcurrentStreams },
+      settings: {
+        ...options.settings,
+        maxConcurrentStreams: this.#options.maxConcurrentStreams,
+        // RFC 8441 §3: the responder may open WebSockets as extended CONNECT (docs/streams.md §2).
+        enableConnectProtocol: true,
+      },
     });
     this.#session = session;
     session.on('error', () => {

@@ -46,7 +46,7 @@ export async function sandboxConfigs(
   const initiator = (await read('initiator.yaml')) as InitiatorConfigInput;
   const responder = (await read('responder.yaml')) as ResponderConfigInput;
   const [cluster] = initiator.remote_clusters;
-  const [route] = initiator.local_routes;
+  const [route] = initiator.local_routes ?? [];
   const [egress] = responder.egress_listeners;
   if (cluster === undefined || route === undefined || egress === undefined) {
     throw new Error(

@@ -261,29 +261,27 @@ describe('the initiator is never an open relay', () => {
     await elsewhere.close();
   });
 
-  it('answers CONNECT with 405, an allow header and a reason', async () => {
-    const reply = await exchange(peer.session, {
-      ':method': 'CONNECT',
-      ':authority': elsewhere.target.slice('http://'.length),
-    });
-    assert.equal(reply.status, 405);
-    assert.equal(reply.body, 'CONNECT is not served: the initiator is not a relay\n');
-    assert.match(String(reply.headers['allow']), /^GET, HEAD, POST/);
-    assert.doesNotMatch(String(reply.headers['allow']), /CONNECT/);
+  it('answers a CONNECT to an address with 404: only configured TCP target names are dialled', async () => {
+    const authority = elsewhere.target.slice('http://'.length);
+    const reply = await exchange(peer.session, { ':method': 'CONNECT', ':authority': authority });
+    assert.equal(reply.status, 404);
+    assert.equal(reply.body, `no TCP target named ${JSON.stringify(authority)}\n`);
     assert.deepEqual([service.seen, elsewhere.seen], [[], []]);
   });
 
-  it('refuses extended CONNECT (RFC 8441), which it never enabled', async () => {
+  it('sends an extended CONNECT (RFC 8441) only to its configured local service', async () => {
     const reply = await exchange(peer.session, {
       ':method': 'CONNECT',
       ':protocol': 'websocket',
       ':path': '/chat',
       ':scheme': 'http',
-      ':authority': 'n1',
+      ':authority': elsewhere.target.slice('http://'.length),
     });
-    assert.equal(reply.status, undefined);
-    assert.equal(reply.rstCode, NGHTTP2_PROTOCOL_ERROR);
-    assert.deepEqual([service.seen, elsewhere.seen], [[], []]);
+    // The service does not upgrade: its answer goes back as an ordinary response.
+    assert.deepEqual([reply.status, reply.body], [200, 'GET /chat']);
+    assert.deepEqual(elsewhere.seen, []);
+    assert.equal(service.seen.length, 1);
+    service.seen.splice(0);
   });
 
   it('answers OPTIONS * with 400: only origin-form paths are forwarded', async () => {
