@@ -68,7 +68,12 @@ export interface InitiatorStart {
 }
 
 export type CallBody =
-  | { readonly type: 'start'; readonly initiator?: InitiatorStart }
+  | {
+      readonly type: 'start';
+      readonly initiator?: InitiatorStart;
+      /** More of the role's config (tcp_listeners, tcp_targets …), over the defaults here. */
+      readonly config?: Readonly<Record<string, unknown>>;
+    }
   | { readonly type: 'tunnels'; readonly atLeast: number }
   | { readonly type: 'sample'; readonly collect: boolean }
   | { readonly type: 'stop' };
@@ -89,6 +94,8 @@ export interface Answer {
   readonly sample?: RoleSample;
   readonly egress?: HostPort;
   readonly tunnel?: HostPort;
+  /** The responder's TCP listeners, in config order. */
+  readonly tcp?: readonly HostPort[];
 }
 
 /** The child side: runs one role and answers the driver's calls. */
@@ -149,6 +156,7 @@ function runRole(role: RoleName): void {
               stat_prefix: 'reverse_connections',
               tunnel_listener: { address: '127.0.0.1:0' },
               egress_listeners: [{ address: '127.0.0.1:0' }],
+              ...call.config,
             },
             { logger },
           );
@@ -157,8 +165,8 @@ function runRole(role: RoleName): void {
             closed += 1;
             wake();
           });
-          const { tunnel, egress } = responder.addresses;
-          return { id: call.id, ok: true, tunnel, egress: egress[0] as HostPort };
+          const { tunnel, egress, tcp } = responder.addresses;
+          return { id: call.id, ok: true, tunnel, egress: egress[0] as HostPort, tcp };
         } else {
           const spec = call.initiator as InitiatorStart;
           initiator = await startInitiator(
@@ -175,6 +183,7 @@ function runRole(role: RoleName): void {
                 },
               ],
               local_routes: [{ prefix: '/', target: spec.target }],
+              ...call.config,
             },
             { logger },
           );
