@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
-import { resetStreamWith } from './local-common.ts';
+import { resetStreamWith } from '../shared/http2-stream.ts';
 import { websocketAccept } from './local-websocket.ts';
 
 /** Opens one stream, lets the server answer it with `serve`, and reports how the client saw it end. */

@@ -3,9 +3,9 @@
  * local-tcp.ts) share: the plain-text answers the initiator gives itself, and how a stream's
  * byte stream is spliced to a socket (WebSocket and TCP, docs/streams.md §2 and §3).
  */
-import http2, { type Http2Stream, type ServerHttp2Stream } from 'node:http2';
+import http2, { type ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
-import { stopUpload, watchEndStream } from '../shared/http2-stream.ts';
+import { resetStreamWith, stopUpload, watchEndStream } from '../shared/http2-stream.ts';
 
 /** The part of a local endpoint a handler reports to (local-routes.ts `LocalEndpoint`). */
 export interface EndpointOutcome {
@@ -34,33 +34,6 @@ export function respondText(
   stream.end(body, () => {
     if (hasBody) stopUpload(stream);
   });
-}
-
-/**
- * Resets a stream with `code` (RST_STREAM), never with an END_STREAM in front of it. Node's
- * `close(code)` ends a writable side still open first, so the peer would read END_STREAM and take
- * the RST_STREAM that follows for nothing (the stream is closed by then), and `destroy()` can only
- * say INTERNAL_ERROR (shared/http2-stream.ts `resetStream`). CONNECT streams must say CONNECT_ERROR
- * (RFC 9113 §8.5) and a reset from an HTTP/2 local service should keep its code, so while the
- * writable side is open the RST_STREAM is submitted on the stream's native handle, which Node keeps
- * under a private symbol: the method the stream's own `close()` ends with (lib/internal/http2/core.js
- * `finishCloseStream`). Without that handle (another Node), it falls back to `destroy()`.
- */
-export function resetStreamWith(stream: Http2Stream, code: number): void {
-  if (stream.destroyed) return;
-  if (stream.writableEnded) {
-    stream.close(code);
-    return;
-  }
-  const record = stream as unknown as Record<symbol, unknown>;
-  for (const key of Object.getOwnPropertySymbols(stream)) {
-    const handle = record[key] as { rstStream?: unknown } | null | undefined;
-    if (typeof handle === 'object' && handle !== null && typeof handle.rstStream === 'function') {
-      (handle.rstStream as (code: number) => void).call(handle, code);
-      return;
-    }
-  }
-  stream.destroy(new Error(`reset with code ${code}`));
 }
 
 /**

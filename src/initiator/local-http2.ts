@@ -21,9 +21,14 @@ import http2, {
 } from 'node:http2';
 import { describeError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
-import { contentLength, stopUpload, watchEndStream } from '../shared/http2-stream.ts';
+import {
+  contentLength,
+  resetStreamWith,
+  stopUpload,
+  watchEndStream,
+} from '../shared/http2-stream.ts';
 import type { Logger } from '../shared/logger.ts';
-import { resetStreamWith, respondText, type EndpointOutcome } from './local-common.ts';
+import { respondText, type EndpointOutcome } from './local-common.ts';
 
 const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR, NGHTTP2_FLAG_END_STREAM } = http2.constants;
 

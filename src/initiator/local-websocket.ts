@@ -12,12 +12,8 @@ import net, { type Socket } from 'node:net';
 import { describeError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import type { Logger } from '../shared/logger.ts';
-import {
-  resetStreamWith,
-  respondText,
-  spliceStream,
-  type EndpointOutcome,
-} from './local-common.ts';
+import { resetStreamWith } from '../shared/http2-stream.ts';
+import { respondText, spliceStream, type EndpointOutcome } from './local-common.ts';
 
 /** RFC 6455 §1.3: the GUID the accept value is computed with. */
 const websocketGuid = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';

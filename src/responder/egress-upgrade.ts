@@ -19,9 +19,9 @@ import http2, {
 import type { Duplex } from 'node:stream';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import type { Logger } from '../shared/logger.ts';
-import { stopUpload } from '../shared/http2-stream.ts';
+import { resetStreamWith, stopUpload } from '../shared/http2-stream.ts';
 import { pump } from '../shared/pump.ts';
-import { resetTunnelStream, splice } from './tcp-splice.ts';
+import { splice } from './tcp-splice.ts';
 import type { TunnelSession } from './tunnel-session.ts';
 
 export interface UpgradeTarget {
@@ -160,7 +160,7 @@ function refusalBody(stream: ClientHttp2Stream, ms: number): Promise<Buffer | un
       stream.removeListener('data', onData);
       stream.removeListener('end', onEnd);
       stream.removeListener('close', onClose);
-      if (body === undefined) resetTunnelStream(stream, http2.constants.NGHTTP2_CANCEL);
+      if (body === undefined) resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL);
       resolve(body);
     };
     const onData = (chunk: Buffer) => {
@@ -250,12 +250,12 @@ async function upgrade(
     );
     return;
   }
-  const onCallerGone = () => resetTunnelStream(stream, http2.constants.NGHTTP2_CANCEL);
+  const onCallerGone = () => resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL);
   socket.once('close', onCallerGone);
   const answer = await answerOf(stream, responseTimeoutMs);
   socket.removeListener('close', onCallerGone);
   if (answer === 'timeout' || answer === 'closed') {
-    resetTunnelStream(stream, http2.constants.NGHTTP2_CANCEL);
+    resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL);
     if (answer === 'timeout') {
       logger.info({ node_id: node }, 'no answer to a WebSocket CONNECT within response_timeout');
       answerRaw(socket, 504, plainText, `node ${node} did not answer within response_timeout\n`);
@@ -282,7 +282,7 @@ async function upgrade(
     return;
   }
   if (socket.destroyed || !socket.writable) {
-    resetTunnelStream(stream, http2.constants.NGHTTP2_CANCEL);
+    resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL);
     return;
   }
   const key = (request.headers['sec-websocket-key'] as string).trim();
@@ -328,7 +328,7 @@ export function forwardExtendedConnect(caller: ServerHttp2Stream, target: Upgrad
   });
   extendedConnect(caller, target).catch((error: unknown) => {
     target.logger.error({ err: error }, 'websocket forwarding failed');
-    resetTunnelStream(caller, http2.constants.NGHTTP2_INTERNAL_ERROR);
+    resetStreamWith(caller, http2.constants.NGHTTP2_INTERNAL_ERROR);
   });
 }
 
@@ -352,12 +352,12 @@ async function extendedConnect(caller: ServerHttp2Stream, target: UpgradeTarget)
     refuse(502, `the tunnel to node ${node} closed before the WebSocket stream\n`);
     return;
   }
-  const onCallerGone = () => resetTunnelStream(stream, http2.constants.NGHTTP2_CANCEL);
+  const onCallerGone = () => resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL);
   caller.once('close', onCallerGone);
   const answer = await answerOf(stream, responseTimeoutMs);
   caller.removeListener('close', onCallerGone);
   if (answer === 'timeout' || answer === 'closed') {
-    resetTunnelStream(stream, http2.constants.NGHTTP2_CANCEL);
+    resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL);
     if (answer === 'timeout') {
       logger.info({ node_id: node }, 'no answer to a WebSocket CONNECT within response_timeout');
       refuse(504, `node ${node} did not answer within response_timeout\n`);
@@ -365,7 +365,7 @@ async function extendedConnect(caller: ServerHttp2Stream, target: UpgradeTarget)
     return;
   }
   if (caller.destroyed) {
-    resetTunnelStream(stream, http2.constants.NGHTTP2_CANCEL);
+    resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL);
     return;
   }
   const status = answer[':status'] ?? 502;

@@ -10,7 +10,7 @@
  * them as they are.
  */
 import net from 'node:net';
-import type { ClientHttp2Stream } from 'node:http2';
+import http2, { type ClientHttp2Stream } from 'node:http2';
 import type { TcpListenerConfig } from '../config/schema.ts';
 import type { HostPort } from '../shared/address.ts';
 import { isRevtunError, RevtunError } from '../shared/errors.ts';
@@ -18,7 +18,8 @@ import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { Counter, Gauge, StatsRegistry } from '../shared/stats.ts';
 import type { TunnelRegistry } from './registry.ts';
-import { resetSocket, resetTunnelStream, splice } from './tcp-splice.ts';
+import { resetSocket, splice } from './tcp-splice.ts';
+import { resetStreamWith } from '../shared/http2-stream.ts';
 
 export interface TcpListenerOptions {
   readonly config: TcpListenerConfig;
@@ -173,7 +174,7 @@ export class TcpListener {
       // A caller that left first is not the initiator's failure.
       if (!socket.destroyed) stats.connectFail.inc();
       log.info({ reason: refused }, 'tcp connection closed: the initiator did not connect it');
-      resetTunnelStream(stream);
+      resetStreamWith(stream, http2.constants.NGHTTP2_CONNECT_ERROR);
       resetSocket(socket);
       return;
     }

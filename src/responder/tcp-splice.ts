@@ -18,7 +18,7 @@ import http2, { type Http2Stream } from 'node:http2';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
-import { watchEndStream } from '../shared/http2-stream.ts';
+import { resetStreamWith, watchEndStream } from '../shared/http2-stream.ts';
 
 export interface SpliceResult {
   /** Bytes from the caller to the stream. */
@@ -37,29 +37,6 @@ interface SpliceHooks {
 }
 
 const { NGHTTP2_CONNECT_ERROR, NGHTTP2_NO_ERROR } = http2.constants;
-
-/**
- * Resets a stream with `code` and never END_STREAM first: Node's `close(code)` ends a writable
- * side that is still open (`closeStream` calls `stream.end()`), which may put END_STREAM on the
- * wire, and then the peer could take a cut-off byte stream for a half-close. `destroy()` cannot
- * choose the code (it sends INTERNAL_ERROR), and a TCP tunnel's abort is CONNECT_ERROR (RFC 9113
- * §8.5), so the end is skipped for this one call.
- */
-export function resetTunnelStream(stream: Http2Stream, code = NGHTTP2_CONNECT_ERROR): void {
-  if (stream.destroyed || stream.closed) return;
-  if (stream.writableEnded) {
-    stream.close(code);
-    return;
-  }
-  const own = Object.getOwnPropertyDescriptor(stream, 'end');
-  stream.end = () => stream;
-  try {
-    stream.close(code);
-  } finally {
-    if (own === undefined) delete (stream as { end?: unknown }).end;
-    else Object.defineProperty(stream, 'end', own);
-  }
-}
 
 /** One side of a splice: a caller's socket, or an HTTP/2 stream (the tunnel's, or a caller's). */
 interface Side {
@@ -99,7 +76,7 @@ function streamSide(stream: Http2Stream, resetCode: number): Side {
     stream,
     endedByPeer,
     closedCleanly: () => stream.rstCode === NGHTTP2_NO_ERROR,
-    abort: () => resetTunnelStream(stream, resetCode),
+    abort: () => resetStreamWith(stream, resetCode),
   };
 }
 

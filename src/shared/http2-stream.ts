@@ -18,6 +18,31 @@ export function resetStream(stream: Http2Stream, code: number, reason: string): 
 }
 
 /**
+ * Resets a stream with `code` (RST_STREAM), never with an END_STREAM in front of it, for the
+ * resets whose code matters: CONNECT_ERROR for a TCP or WebSocket tunnel (RFC 9113 §8.5), CANCEL,
+ * or the code an HTTP/2 local service reset its own stream with. `close(code)` would end a
+ * writable side still open first (`closeStream` calls `stream.end()`), which may put END_STREAM
+ * on the wire, and `destroy()` cannot choose the code (it sends INTERNAL_ERROR); so while the
+ * writable side is open, `close(code)` runs with `end` made a no-op for that one call, and Node's
+ * own `finishCloseStream` submits the RST_STREAM with the stream's state kept consistent.
+ */
+export function resetStreamWith(stream: Http2Stream, code: number): void {
+  if (stream.destroyed || stream.closed) return;
+  if (stream.writableEnded) {
+    stream.close(code);
+    return;
+  }
+  const own = Object.getOwnPropertyDescriptor(stream, 'end');
+  stream.end = () => stream;
+  try {
+    stream.close(code);
+  } finally {
+    if (own === undefined) delete (stream as { end?: unknown }).end;
+    else Object.defineProperty(stream, 'end', own);
+  }
+}
+
+/**
  * Reports whether the peer really ended the stream with END_STREAM. Node ends a stream's readable
  * side in two ways: at END_STREAM and when the stream closes without it — RST_STREAM(NO_ERROR) or
  * the session dying. Both look like a normal 'end', and `rstCode` is NO_ERROR in the first of those

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { resetStreamWith } from '../../src/initiator/local-common.ts';
+import { resetStreamWith } from '../../src/shared/http2-stream.ts';
 import { startService, type TestService } from '../helpers/http.ts';
 import {
   exchange,

@@ -9,7 +9,7 @@ import http2 from 'node:http2';
 import net, { type AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { TcpTargetConfig } from '../../src/config/schema.ts';
-import { resetStreamWith } from '../../src/initiator/local-common.ts';
+import { resetStreamWith } from '../../src/shared/http2-stream.ts';
 import { routerHarness, type RouterHarness } from '../helpers/local-harness.ts';
 import { TestProcess } from '../helpers/process.ts';
 

@@ -10,7 +10,7 @@ import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 import type { ResponderConfigInput } from '../../src/config/schema.ts';
 import { startResponder, type Responder } from '../../src/responder/responder.ts';
-import { resetTunnelStream } from '../../src/responder/tcp-splice.ts';
+import { resetStreamWith } from '../../src/shared/http2-stream.ts';
 import { FakeInitiator } from '../helpers/fake-initiator.ts';
 import { TcpCaller } from '../helpers/tcp-caller.ts';
 import { tunnelsRegistered } from '../helpers/tunnels.ts';
@@ -210,7 +210,7 @@ describe('TCP listeners on the responder', () => {
     stream.write('partial');
     await caller.receivedAtLeast(7);
     // Not stream.close(code), which may put END_STREAM ahead of the RST_STREAM (http2-stream.ts).
-    resetTunnelStream(stream);
+    resetStreamWith(stream, http2.constants.NGHTTP2_CONNECT_ERROR);
     const outcome = await caller.closed;
     assert.equal(outcome.data.toString(), 'partial');
     assert.equal(outcome.ended, false, 'a reset stream must not look like a FIN');

@@ -11,7 +11,7 @@ import http2 from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import type { LocalRouteConfig, TcpTargetConfig } from '../../src/config/schema.ts';
 import { validateInitiatorConfig } from '../../src/config/load.ts';
-import { resetStreamWith } from '../../src/initiator/local-common.ts';
+import { resetStreamWith } from '../../src/shared/http2-stream.ts';
 import { LocalRouter } from '../../src/initiator/local-router.ts';
 import { silentLogger } from '../../src/shared/logger.ts';
 
