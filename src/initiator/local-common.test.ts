@@ -3,7 +3,6 @@ import http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 import { resetStreamWith } from '../shared/http2-stream.ts';
-import { websocketAccept } from './local-websocket.ts';
 
 /** Opens one stream, lets the server answer it with `serve`, and reports how the client saw it end. */
 async function clientView(
@@ -49,11 +48,5 @@ describe('resetStreamWith', () => {
       stream.end('whole body, no trailers yet');
     });
     assert.equal(seen.rstCode, http2.constants.NGHTTP2_CANCEL);
-  });
-});
-
-describe('websocketAccept', () => {
-  it("computes RFC 6455 §1.3's example accept value", () => {
-    assert.equal(websocketAccept('dGhlIHNhbXBsZSBub25jZQ=='), 's3pPLMBiTxaQ9kYGzzhZRbK+xOo=');
   });
 });

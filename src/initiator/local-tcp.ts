@@ -10,7 +10,8 @@ import net from 'node:net';
 import type { TcpTargetConfig } from '../config/schema.ts';
 import { describeError } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
-import { respondText, spliceStream } from './local-common.ts';
+import { splice } from '../shared/splice.ts';
+import { respondText } from './local-common.ts';
 
 interface Target {
   readonly name: string;
@@ -60,7 +61,7 @@ export class TcpTargets {
     const abort = () => socket.destroy();
     stream.once('close', abort);
     socket.once('error', (error) => {
-      if (connected) return; // spliceStream's own handler resets the stream
+      if (connected) return; // splice's own handler resets the stream
       clearTimeout(timer);
       this.#logger.warn({ target: target.name, err: error }, 'TCP target connect failed');
       respondText(
@@ -79,7 +80,7 @@ export class TcpTargets {
       }
       connected = true;
       stream.respond({ ':status': 200 });
-      spliceStream(stream, socket, http2.constants.NGHTTP2_CONNECT_ERROR);
+      void splice(socket, stream, { resetCode: http2.constants.NGHTTP2_CONNECT_ERROR });
     });
   }
 

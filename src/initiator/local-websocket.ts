@@ -5,7 +5,7 @@
  * (RFC 6455 §4.1). After the 101 the tunnel stream carries the WebSocket's bytes untouched, so
  * extensions such as permessage-deflate work end to end.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import http, { type IncomingMessage } from 'node:http';
 import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import net, { type Socket } from 'node:net';
@@ -13,20 +13,12 @@ import { describeError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import type { Logger } from '../shared/logger.ts';
 import { resetStreamWith } from '../shared/http2-stream.ts';
-import { respondText, spliceStream, type EndpointOutcome } from './local-common.ts';
-
-/** RFC 6455 §1.3: the GUID the accept value is computed with. */
-const websocketGuid = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+import { splice } from '../shared/splice.ts';
+import { websocketAccept } from '../shared/websocket.ts';
+import { respondText, type EndpointOutcome } from './local-common.ts';
 
 /** Fields of the caller's that belong to its own hop of the upgrade (docs/streams.md §2). */
 const perHop = new Set(['sec-websocket-key', 'sec-websocket-accept', 'sec-websocket-version']);
-
-/** The `Sec-WebSocket-Accept` that answers `key` (RFC 6455 §4.2.2). */
-export function websocketAccept(key: string): string {
-  return createHash('sha1')
-    .update(key + websocketGuid)
-    .digest('base64');
-}
 
 /** Opens the WebSocket on the local service and splices it to the tunnel stream. */
 export function forwardWebSocket(
@@ -109,8 +101,7 @@ export function forwardWebSocket(
       if (value !== undefined) answer[name] = value;
     }
     stream.respond(answer);
-    if (head.length > 0) stream.write(head);
-    spliceStream(stream, socket, http2.constants.NGHTTP2_CANCEL);
+    void splice(socket, stream, { head, resetCode: http2.constants.NGHTTP2_CANCEL });
   });
   request.on('response', (response: IncomingMessage) => {
     clearTimeout(timer);

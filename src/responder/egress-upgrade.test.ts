@@ -12,6 +12,7 @@
  * Sec-WebSocket-Accept check all happen in `ws` itself, not in the test.
  */
 import assert from 'node:assert/strict';
+import { websocketAccept } from '../shared/websocket.ts';
 import { once } from 'node:events';
 import http from 'node:http';
 import http2 from 'node:http2';
@@ -23,7 +24,6 @@ import { silentLogger } from '../shared/logger.ts';
 import {
   forwardExtendedConnect,
   forwardWebSocketUpgrade,
-  websocketAccept,
   type UpgradeTarget,
 } from './egress-upgrade.ts';
 import { TunnelSession } from './tunnel-session.ts';

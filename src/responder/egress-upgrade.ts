@@ -7,7 +7,6 @@
  * The egress listener has already admitted the request (authentication, route, host id, node) and
  * borrowed a session; these functions own the caller's connection or stream from then on.
  */
-import { createHash } from 'node:crypto';
 import http, { type IncomingMessage } from 'node:http';
 import http2, {
   type ClientHttp2Stream,
@@ -21,7 +20,8 @@ import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import type { Logger } from '../shared/logger.ts';
 import { resetStreamWith, stopUpload } from '../shared/http2-stream.ts';
 import { pump } from '../shared/pump.ts';
-import { splice } from './tcp-splice.ts';
+import { splice } from '../shared/splice.ts';
+import { websocketAccept } from '../shared/websocket.ts';
 import type { TunnelSession } from './tunnel-session.ts';
 
 export interface UpgradeTarget {
@@ -35,16 +35,6 @@ export interface UpgradeTarget {
   readonly logger: Logger;
   /** The deadline for the initiator's answer to the CONNECT, ms (the listener's response_timeout). */
   readonly responseTimeoutMs: number;
-}
-
-/** RFC 6455 §1.3: the GUID appended to the key before hashing. */
-const websocketGuid = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
-
-/** RFC 6455 §4.2.2 step 5: the base64 of the SHA-1 of the key and the GUID. */
-export function websocketAccept(key: string): string {
-  return createHash('sha1')
-    .update(key + websocketGuid)
-    .digest('base64');
 }
 
 /**

@@ -2,7 +2,7 @@
  * A raw TCP listener on the responder (docs/streams.md §3, docs/tcp-and-websocket.md): each
  * accepted connection becomes one CONNECT stream on a tunnel to the listener's host id, whose
  * `:authority` names a TCP target configured on the initiator. After the initiator's 200 the
- * bytes flow both ways (tcp-splice.ts). Anything else (no tunnel, a refusal, no answer within
+ * bytes flow both ways (shared/splice.ts). Anything else (no tunnel, a refusal, no answer within
  * connect_timeout, max_connections reached) closes the connection with an RST rather than a FIN,
  * so that the caller cannot take it for a service that accepted and had nothing to say.
  *
@@ -18,7 +18,7 @@ import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { Counter, Gauge, StatsRegistry } from '../shared/stats.ts';
 import type { TunnelRegistry } from './registry.ts';
-import { resetSocket, splice } from './tcp-splice.ts';
+import { resetSocket, splice } from '../shared/splice.ts';
 import { resetStreamWith } from '../shared/http2-stream.ts';
 
 export interface TcpListenerOptions {

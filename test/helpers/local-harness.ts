@@ -5,13 +5,13 @@
  * HTTP/2 caller streams on (for gRPC clients), `websocketRelay` turns an HTTP/1.1 WebSocket
  * upgrade into an RFC 8441 extended CONNECT (for `ws` clients).
  */
-import { createHash } from 'node:crypto';
 import http, { type IncomingMessage } from 'node:http';
 import http2 from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import type { LocalRouteConfig, TcpTargetConfig } from '../../src/config/schema.ts';
 import { validateInitiatorConfig } from '../../src/config/load.ts';
 import { resetStreamWith } from '../../src/shared/http2-stream.ts';
+import { websocketAccept } from '../../src/shared/websocket.ts';
 import { LocalRouter } from '../../src/initiator/local-router.ts';
 import { silentLogger } from '../../src/shared/logger.ts';
 
@@ -167,11 +167,7 @@ export async function websocketRelay(client: http2.ClientHttp2Session): Promise<
         });
         return;
       }
-      const accept = createHash('sha1')
-        .update(
-          `${String(request.headers['sec-websocket-key'])}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`,
-        )
-        .digest('base64');
+      const accept = websocketAccept(String(request.headers['sec-websocket-key']));
       const lines = [
         'HTTP/1.1 101 Switching Protocols',
         'upgrade: websocket',

@@ -1,6 +1,9 @@
 /**
- * Joins a caller's connection and a tunnel stream that carries a byte stream (a TCP CONNECT or a
- * WebSocket after its 200, docs/streams.md §2 and §3), both ways, with the rules of RFC 9113 §8.5:
+ * Joins a connection and a tunnel stream that carries a byte stream (a TCP CONNECT or a WebSocket
+ * after its 200, docs/streams.md §2 and §3), both ways, with the rules of RFC 9113 §8.5. Both
+ * roles use it: the responder for its caller's connection (or an HTTP/2 caller's stream), the
+ * initiator for its connection to the TCP target or the WebSocket service; "caller" below is that
+ * connection, whichever role holds it.
  *
  * - Backpressure: a write that returns false pauses the other side until 'drain', so at most a
  *   highWaterMark (plus one chunk) is held per direction; HTTP/2 flow control does the rest.
@@ -18,7 +21,7 @@ import http2, { type Http2Stream } from 'node:http2';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
-import { resetStreamWith, watchEndStream } from '../shared/http2-stream.ts';
+import { resetStreamWith, watchEndStream } from './http2-stream.ts';
 
 export interface SpliceResult {
   /** Bytes from the caller to the stream. */
