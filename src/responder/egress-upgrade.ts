@@ -115,6 +115,51 @@ function answerHeaders(headers: IncomingHttpHeaders): Record<string, string | st
 }
 
 /**
+ * Opens the extended CONNECT on the tunnel and waits for the initiator's answer. Without one (the
+ * initiator does not take extended CONNECT, the tunnel closed, `response_timeout` passed) the
+ * caller is refused (502, or 504 after the deadline) and the stream reset; a caller gone
+ * meanwhile resets it too. Either way undefined: there is nothing left to forward.
+ */
+async function connectAnswered(
+  target: UpgradeTarget,
+  caller: Duplex | ServerHttp2Stream,
+  refuse: (status: number, text: string) => void,
+): Promise<{ stream: ClientHttp2Stream; answer: ResponseHeaders } | undefined> {
+  const { session, logger, responseTimeoutMs } = target;
+  const node = session.identity.nodeId;
+  if (!(await session.connectProtocol(responseTimeoutMs))) {
+    refuse(502, noConnectProtocol(node));
+    return undefined;
+  }
+  if (caller.destroyed) return undefined;
+  const stream = openConnect(target);
+  if (stream === undefined) {
+    refuse(502, `the tunnel to node ${node} closed before the WebSocket stream\n`);
+    return undefined;
+  }
+  const cancel = () => resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL);
+  caller.once('close', cancel);
+  const answer = await answerOf(stream, responseTimeoutMs);
+  caller.removeListener('close', cancel);
+  if (answer === 'timeout') {
+    cancel();
+    logger.info({ node_id: node }, 'no answer to a WebSocket CONNECT within response_timeout');
+    refuse(504, `node ${node} did not answer within response_timeout\n`);
+    return undefined;
+  }
+  if (answer === 'closed') {
+    cancel();
+    refuse(502, `the tunnel to node ${node} closed the WebSocket stream\n`);
+    return undefined;
+  }
+  if (caller.destroyed) {
+    cancel();
+    return undefined;
+  }
+  return { stream, answer };
+}
+
+/**
  * What the initiator answered: its response headers, or why there are none (a reset, a lost
  * tunnel, `timeout` after `ms`). Interim (1xx) answers are not final and are skipped.
  */
@@ -225,35 +270,11 @@ async function upgrade(
 ): Promise<void> {
   const { session, logger, responseTimeoutMs } = target;
   const node = session.identity.nodeId;
-  if (!(await session.connectProtocol(responseTimeoutMs))) {
-    answerRaw(socket, 502, plainText, noConnectProtocol(node));
-    return;
-  }
-  if (socket.destroyed) return;
-  const stream = openConnect(target);
-  if (stream === undefined) {
-    answerRaw(
-      socket,
-      502,
-      plainText,
-      `the tunnel to node ${node} closed before the WebSocket stream\n`,
-    );
-    return;
-  }
-  const onCallerGone = () => resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL);
-  socket.once('close', onCallerGone);
-  const answer = await answerOf(stream, responseTimeoutMs);
-  socket.removeListener('close', onCallerGone);
-  if (answer === 'timeout' || answer === 'closed') {
-    resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL);
-    if (answer === 'timeout') {
-      logger.info({ node_id: node }, 'no answer to a WebSocket CONNECT within response_timeout');
-      answerRaw(socket, 504, plainText, `node ${node} did not answer within response_timeout\n`);
-    } else {
-      answerRaw(socket, 502, plainText, `the tunnel to node ${node} closed the WebSocket stream\n`);
-    }
-    return;
-  }
+  const connected = await connectAnswered(target, socket, (status, text) =>
+    answerRaw(socket, status, plainText, text),
+  );
+  if (connected === undefined) return;
+  const { stream, answer } = connected;
   const status = answer[':status'] ?? 502;
   if (status !== 200) {
     // The CONNECT is over: nothing more goes up, and the answer is read whole (it is bounded).
@@ -323,7 +344,7 @@ export function forwardExtendedConnect(caller: ServerHttp2Stream, target: Upgrad
 }
 
 async function extendedConnect(caller: ServerHttp2Stream, target: UpgradeTarget): Promise<void> {
-  const { session, logger, responseTimeoutMs } = target;
+  const { session, logger } = target;
   const node = session.identity.nodeId;
   // Nothing is read from the caller before the tunnel stream is there to take it.
   caller.pause();
@@ -332,32 +353,9 @@ async function extendedConnect(caller: ServerHttp2Stream, target: UpgradeTarget)
     caller.respond({ ':status': status, ...plainText });
     caller.end(text);
   };
-  if (!(await session.connectProtocol(responseTimeoutMs))) {
-    refuse(502, noConnectProtocol(node));
-    return;
-  }
-  if (caller.destroyed) return;
-  const stream = openConnect(target);
-  if (stream === undefined) {
-    refuse(502, `the tunnel to node ${node} closed before the WebSocket stream\n`);
-    return;
-  }
-  const onCallerGone = () => resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL);
-  caller.once('close', onCallerGone);
-  const answer = await answerOf(stream, responseTimeoutMs);
-  caller.removeListener('close', onCallerGone);
-  if (answer === 'timeout' || answer === 'closed') {
-    resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL);
-    if (answer === 'timeout') {
-      logger.info({ node_id: node }, 'no answer to a WebSocket CONNECT within response_timeout');
-      refuse(504, `node ${node} did not answer within response_timeout\n`);
-    } else refuse(502, `the tunnel to node ${node} closed the WebSocket stream\n`);
-    return;
-  }
-  if (caller.destroyed) {
-    resetStreamWith(stream, http2.constants.NGHTTP2_CANCEL);
-    return;
-  }
+  const connected = await connectAnswered(target, caller, refuse);
+  if (connected === undefined) return;
+  const { stream, answer } = connected;
   const status = answer[':status'] ?? 502;
   caller.respond({ ':status': status, ...answerHeaders(answer) });
   if (status !== 200) {
