@@ -297,6 +297,16 @@ describe('parseConfigText', () => {
           host_id_headers: ['x-node-id', 'x-remote-node-id', 'x-cluster-id', 'x-dst-cluster-uuid'],
           routes: [{ prefix: '/', cluster: 'reverse_connection_cluster' }],
           request_timeout: 300_000,
+          http2: {
+            enabled: true,
+            max_concurrent_streams: 100,
+            max_session_memory: 10,
+            max_invalid_frames: 100,
+            max_rejected_streams: 100,
+            stream_window: 1_048_576,
+            idle_timeout: 300_000,
+          },
+          forwarded_headers: { mode: 'x-forwarded', via: true, incoming: 'append' },
         },
       ],
     });
@@ -489,6 +499,16 @@ describe('parseConfigText', () => {
             { name: 'ops', client_certificate_san: 'spiffe://corp/ops', allow: {} },
           ],
           refused_status: 404,
+          http2: {
+            enabled: false,
+            max_concurrent_streams: 10,
+            max_session_memory: 4,
+            max_invalid_frames: 10,
+            max_rejected_streams: 20,
+            stream_window: 131_072,
+            idle_timeout: 30_000,
+          },
+          forwarded_headers: { mode: 'forwarded', via: false, incoming: 'trust' },
         },
       ],
     });
