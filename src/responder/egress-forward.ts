@@ -138,10 +138,9 @@ export async function forward(options: ForwardOptions): Promise<'done' | 'retry'
       })
     : undefined;
   try {
-    const responseHeaders = await responseOf(stream);
+    const { headers: responseHeaders, endStream } = await responseOf(stream);
     const status = Number(responseHeaders[':status']);
-    const noBody =
-      exchange.method === 'HEAD' || status === 204 || status === 304 || stream.endAfterHeaders;
+    const noBody = exchange.method === 'HEAD' || status === 204 || status === 304 || endStream;
     declaredLength = noBody ? 0 : contentLength(responseHeaders['content-length']);
     const sink = exchange.respond(status, endToEnd(responseHeaders), noBody);
     if (noBody) {
@@ -300,14 +299,22 @@ function sendBody(
     });
 }
 
-/** The stream's response headers, or a rejection if it closes or fails first. */
-function responseOf(
-  stream: ClientHttp2Stream,
-): Promise<http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader> {
+/**
+ * The stream's response headers, and whether END_STREAM came on them (a client stream's
+ * `endAfterHeaders` is not set: Node gives it as the 'response' event's flags); a rejection if the
+ * stream closes or fails first.
+ */
+function responseOf(stream: ClientHttp2Stream): Promise<{
+  headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader;
+  endStream: boolean;
+}> {
   return new Promise((resolve, reject) => {
-    const onResponse = (headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader) => {
+    const onResponse = (
+      headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader,
+      flags: number,
+    ) => {
       cleanup();
-      resolve(headers);
+      resolve({ headers, endStream: (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0 });
     };
     const onError = (error: Error) => {
       cleanup();
