@@ -288,6 +288,54 @@ describe('HTTP/2 callers on a cleartext egress listener', () => {
       peer.destroy();
     }
   });
+  it('serves curl --http2 (an h2c Upgrade, not offered) as HTTP/1.1', async () => {
+    handler = echo;
+    const { stdout, code } = await run('curl', [
+      '-sS',
+      '--http2',
+      '-H',
+      'x-node-id: n1',
+      '-w',
+      '\n%{http_version} %{http_code}',
+      `http://127.0.0.1:${egress().port}/upgrade`,
+    ]);
+    assert.equal(code, 0);
+    assert.equal(stdout, `GET /upgrade 127.0.0.1:${egress().port}\n1.1 200`);
+  });
+
+  it('puts an HTTP/1.1 WebSocket upgrade through the same checks before handing it on', async () => {
+    const peer = await RawPeer.connect(egress());
+    try {
+      peer.write(
+        'GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n' +
+          'sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n' +
+          'x-node-id: nobody\r\n\r\n',
+      );
+      const head = await peer.readUntil('\r\n\r\n');
+      assert.match(head, /^HTTP\/1\.1 503 /);
+      assert.match(head, /connection: close/);
+      await peer.whenClosed();
+    } finally {
+      peer.destroy();
+    }
+  });
+
+  it('puts an HTTP/2 extended CONNECT through the same checks before handing it on', async () => {
+    const remote = await new Promise<http2.Settings>((resolve) => {
+      if (client.remoteSettings.enableConnectProtocol !== undefined) resolve(client.remoteSettings);
+      else client.once('remoteSettings', resolve);
+    });
+    assert.equal(remote.enableConnectProtocol, true, 'RFC 8441 §3: the setting is announced');
+    const reply = await h2Request(client, {
+      ':method': 'CONNECT',
+      ':protocol': 'websocket',
+      ':scheme': 'http',
+      ':path': '/ws',
+      'sec-websocket-version': '13',
+      'x-node-id': 'nobody',
+    });
+    assert.equal(reply.status, 503);
+  });
 });
 
 describe('telling HTTP/2 from HTTP/1.1 on a cleartext port', () => {
