@@ -335,8 +335,13 @@ export class Http2Exchange implements CallerExchange {
       this.abort('the response had begun');
       return;
     }
-    stream.respond({ ...headers, ':status': status, 'content-length': body.length });
-    stream.end(body);
+    // Node ends a HEAD's response with its HEADERS (and a 204's or 304's): no body may follow.
+    const bodiless = this.method === 'HEAD' || status === 204 || status === 304;
+    stream.respond(
+      { ...headers, ':status': status, 'content-length': body.length },
+      { endStream: bodiless },
+    );
+    if (!bodiless) stream.end(body);
     // The caller may still be sending a body nobody will read: RST_STREAM(NO_ERROR) after the
     // response tells it to stop (RFC 9113 §8.1).
     if (!stream.readableEnded) stream.close(http2.constants.NGHTTP2_NO_ERROR);

@@ -148,6 +148,8 @@ export class EgressListener {
   #server: http.Server | undefined;
   #http2: Http2Server | undefined;
   readonly #sessions = new Set<ServerHttp2Session>();
+  /** Cleartext connections whose first bytes are still awaited (egress-sniff.ts). */
+  readonly #sniffing = new Set<Socket>();
   #script: RequestScript | undefined;
   #draining = false;
 
@@ -199,6 +201,7 @@ export class EgressListener {
   destroy(): void {
     this.#server?.closeAllConnections();
     for (const session of this.#sessions) session.destroy();
+    for (const socket of this.#sniffing) socket.destroy();
     this.#script?.close();
   }
 
@@ -340,9 +343,11 @@ export class EgressListener {
       return;
     }
     server.on(event, (socket: Socket) => {
+      this.#sniffing.add(socket);
       sniffProtocol(socket, {
         timeoutMs: config.headers_timeout,
         onProtocol: (protocol) => {
+          this.#sniffing.delete(socket);
           if (protocol === 'h2') {
             h2.emit('connection', socket);
             return;
@@ -352,6 +357,7 @@ export class EgressListener {
           socket.resume();
         },
         onGiveUp: (why) => {
+          this.#sniffing.delete(socket);
           logger.debug({ why }, 'egress connection closed before its protocol was known');
         },
       });

@@ -204,6 +204,15 @@ describe('HTTP/2 callers on a cleartext egress listener', () => {
     assert.equal(reply.headers['content-length'], '1234');
     assert.equal(reply.body.length, 0);
     assert.equal(reply.rstCode, 0);
+    const refused = await h2Request(client, {
+      ':path': '/',
+      ':method': 'HEAD',
+      'x-node-id': 'nobody',
+    });
+    assert.equal(refused.status, 503);
+    assert.equal(refused.body.length, 0);
+    assert.ok(Number(refused.headers['content-length']) > 0, 'the length of the GET answer');
+    assert.equal(refused.rstCode, 0);
   });
 
   it('resets the tunnel stream when the HTTP/2 caller resets its own mid-response', async () => {
