@@ -5,6 +5,7 @@
  * HEADERS with END_STREAM, gRPC's headers pass intact, and a 103 reaches both kinds of caller. A
  * fake initiator's HTTP/2 server is the node.
  */
+import * as grpc from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import type http2 from 'node:http2';
@@ -244,5 +245,152 @@ describe('trailers and 1xx through an egress listener', () => {
     assert.equal(reply.status, 200);
     assert.deepEqual(reply.informational, [103]);
     assert.deepEqual(reply.links, ['</style.css>; rel=preload']);
+  });
+});
+
+describe('a gRPC client through an h2c egress listener', () => {
+  let responder: Responder;
+  let fake: FakeInitiator;
+  let seen: http2.IncomingHttpHeaders | undefined;
+
+  before(async () => {
+    responder = await startResponder({
+      stat_prefix: 'reverse_connections',
+      tunnel_listener: { address: '127.0.0.1:0', ping_interval: '300s' },
+      egress_listeners: [{ address: '127.0.0.1:0' }],
+    });
+    const registered = tunnelsRegistered(responder, 'n1');
+    fake = await FakeInitiator.connect(responder.addresses.tunnel);
+    await fake.expectAccepted();
+    // The node answers gRPC by hand: the request message echoed in one length-prefixed frame,
+    // then grpc-status in trailers; a method named Missing gets a trailers-only NOT_FOUND.
+    void fake.serveHttp2((stream, headers) => {
+      seen = headers;
+      const chunks: Buffer[] = [];
+      stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+      stream.on('end', () => {
+        if (headers[':path'] === '/test.Echo/Missing') {
+          stream.respond(
+            {
+              ':status': 200,
+              'content-type': 'application/grpc',
+              'grpc-status': '5',
+              'grpc-message': 'no such thing',
+            },
+            { endStream: true },
+          );
+          return;
+        }
+        stream.respond(
+          { ':status': 200, 'content-type': 'application/grpc' },
+          { waitForTrailers: true },
+        );
+        stream.on('wantTrailers', () =>
+          stream.sendTrailers({
+            'grpc-status': '0',
+            'x-reply-bin': Buffer.from([9, 8]).toString('base64'),
+          }),
+        );
+        stream.end(Buffer.concat(chunks));
+      });
+    });
+    await registered;
+  });
+
+  after(async () => {
+    fake.destroy();
+    await responder.close({ graceMs: 0 });
+  });
+
+  /** A generic client: messages are raw bytes, so no .proto is needed. */
+  function echoClient(): grpc.Client {
+    const Client = grpc.makeGenericClientConstructor(
+      {
+        Say: {
+          path: '/test.Echo/Say',
+          requestStream: false,
+          responseStream: false,
+          requestSerialize: (value: Buffer) => value,
+          requestDeserialize: (value: Buffer) => value,
+          responseSerialize: (value: Buffer) => value,
+          responseDeserialize: (value: Buffer) => value,
+        },
+        Missing: {
+          path: '/test.Echo/Missing',
+          requestStream: false,
+          responseStream: false,
+          requestSerialize: (value: Buffer) => value,
+          requestDeserialize: (value: Buffer) => value,
+          responseSerialize: (value: Buffer) => value,
+          responseDeserialize: (value: Buffer) => value,
+        },
+      },
+      'Echo',
+    );
+    const { port } = responder.addresses.egress[0]!;
+    return new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  }
+
+  function call(
+    client: grpc.Client,
+    method: 'Say' | 'Missing',
+  ): Promise<{
+    error: grpc.ServiceError | null;
+    value: Buffer | undefined;
+    trailers: grpc.Metadata | undefined;
+  }> {
+    const metadata = new grpc.Metadata();
+    metadata.set('x-node-id', 'n1');
+    metadata.set('x-trace-bin', Buffer.from([1, 2, 3]));
+    return new Promise((resolve) => {
+      let answer: { error: grpc.ServiceError | null; value: Buffer | undefined } | undefined;
+      const unary = (
+        client as unknown as Record<string, (...args: unknown[]) => grpc.ClientUnaryCall>
+      )[method]!;
+      const pending = unary.call(
+        client,
+        Buffer.from('hello'),
+        metadata,
+        { deadline: Date.now() + 5_000 },
+        (error: grpc.ServiceError | null, value?: Buffer) => {
+          answer = { error, value };
+        },
+      );
+      // grpc-js calls back first, then emits the status with the trailers.
+      pending.on('status', (status: grpc.StatusObject) => {
+        resolve({
+          error: answer?.error ?? null,
+          value: answer?.value,
+          trailers: status.metadata,
+        });
+      });
+    });
+  }
+
+  it('completes a unary call, its metadata, deadline and trailers intact', async () => {
+    const client = echoClient();
+    try {
+      const result = await call(client, 'Say');
+      assert.equal(result.error, null);
+      assert.equal(result.value?.toString(), 'hello');
+      assert.deepEqual(result.trailers?.get('x-reply-bin'), [Buffer.from([9, 8])]);
+      assert.equal(seen?.['content-type'], 'application/grpc');
+      assert.equal(seen?.['te'], 'trailers');
+      assert.match(String(seen?.['grpc-timeout']), /^\d+[mSu]$/);
+      assert.equal(seen?.['x-trace-bin'], Buffer.from([1, 2, 3]).toString('base64'));
+    } finally {
+      client.close();
+    }
+  });
+
+  it('gives the client a trailers-only status as the node sent it', async () => {
+    const client = echoClient();
+    try {
+      const result = await call(client, 'Missing');
+      assert.equal(result.error?.code, grpc.status.NOT_FOUND);
+      assert.equal(result.error?.details, 'no such thing');
+    } finally {
+      client.close();
+    }
   });
 });
