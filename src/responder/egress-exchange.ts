@@ -267,7 +267,8 @@ export class Http2Exchange implements CallerExchange {
     this.path = String(headers[':path'] ?? '/');
     this.authority = headers[':authority'] ?? headers.host;
     // What an HTTP/1.1 request would carry: a script and the route read `host` the same way.
-    if (fields.host === undefined && this.authority !== undefined) fields.host = this.authority;
+    // :authority wins over a `host` beside it (RFC 9113 §8.3.1).
+    if (this.authority !== undefined) fields.host = this.authority;
     this.headers = fields;
     this.expectsContinue = String(headers.expect ?? '').toLowerCase() === '100-continue';
     this.hasBody = !stream.endAfterHeaders;

@@ -98,6 +98,13 @@ describe('HTTP/2 callers on a cleartext egress listener', () => {
     });
     assert.equal(reply.status, 200);
     assert.equal(reply.text, 'GET /hello?x=1 app.example');
+    const both = await h2Request(client, {
+      ':path': '/',
+      ':authority': 'authority.example',
+      host: 'host.example',
+      'x-node-id': 'n1',
+    });
+    assert.equal(both.text, 'GET / authority.example', ':authority wins (RFC 9113 §8.3.1)');
   });
 
   it('serves HTTP/1.1 on the same port', async () => {
@@ -415,6 +422,27 @@ describe('telling HTTP/2 from HTTP/1.1 on a cleartext port', () => {
       await peer.whenClosed(5_000);
     } finally {
       peer.destroy();
+    }
+  });
+});
+
+describe('draining an egress listener with HTTP/2 callers', () => {
+  it('sends GOAWAY to a connected HTTP/2 caller when the responder shuts down', async () => {
+    const responder = await startResponder({
+      stat_prefix: 'reverse_connections',
+      tunnel_listener: { address: '127.0.0.1:0', ping_interval: '300s' },
+      egress_listeners: [{ address: '127.0.0.1:0' }],
+    });
+    const client = await connectH2(responder.addresses.egress[0]!);
+    try {
+      const goaway = new Promise<number>((resolve) =>
+        client.once('goaway', (code: number) => resolve(code)),
+      );
+      const closed = responder.close({ graceMs: 1_000 });
+      assert.equal(await goaway, http2.constants.NGHTTP2_NO_ERROR);
+      await closed;
+    } finally {
+      client.destroy();
     }
   });
 });
