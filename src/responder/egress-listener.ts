@@ -402,6 +402,7 @@ export class EgressListener {
     rawHeaders: readonly string[],
   ): void {
     const exchange = new Http2Exchange(stream, headers, rawHeaders);
+    if (!stream.endAfterHeaders && headers[':method'] !== 'CONNECT') this.#uploadDeadline(exchange);
     if (headers[':method'] !== 'CONNECT') {
       this.#onRequest(exchange);
       return;
@@ -418,6 +419,23 @@ export class EgressListener {
       this.#options.logger.error({ err: error }, 'egress extended CONNECT failed unexpectedly');
       exchange.abort('the request failed unexpectedly');
     });
+  }
+
+  /**
+   * request_timeout for an HTTP/2 caller's body, as Node's requestTimeout bounds an HTTP/1.1
+   * request: an upload still open after it gets 408, or its stream reset if the response has
+   * begun, so a slow upload cannot hold a stream (and a tunnel stream) for ever.
+   */
+  #uploadDeadline(exchange: Http2Exchange): void {
+    const { config } = this.#options;
+    const stream = exchange.stream;
+    const timer = setTimeout(() => {
+      if (stream.readableEnded || stream.destroyed) return;
+      if (stream.headersSent) exchange.abort('no whole request within request_timeout');
+      else reply(exchange, 408, 'the request did not arrive within request_timeout');
+    }, config.request_timeout);
+    stream.once('end', () => clearTimeout(timer));
+    stream.once('close', () => clearTimeout(timer));
   }
 
   /**

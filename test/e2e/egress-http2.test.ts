@@ -170,6 +170,26 @@ describe('HTTP/2 callers on a cleartext egress listener', () => {
     }
   });
 
+  it('answers 408 to an HTTP/2 upload that does not finish within request_timeout, and resets the tunnel stream', async () => {
+    const tunnelClosed = signal<number>();
+    handler = (stream) => {
+      stream.resume();
+      stream.on('close', () => tunnelClosed.resolve(stream.rstCode));
+    };
+    const stream = client.request(
+      { ':path': '/slow', ':method': 'POST', 'x-node-id': 'n1' },
+      { endStream: false },
+    );
+    stream.on('error', () => {});
+    stream.write('a start, and nothing more');
+    const status = await new Promise<number>((resolve) =>
+      stream.once('response', (head) => resolve(Number(head[':status']))),
+    );
+    assert.equal(status, 408);
+    assert.notEqual(await tunnelClosed.promise, http2.constants.NGHTTP2_NO_ERROR);
+    stream.close();
+  });
+
   it('sends 100 Continue to an HTTP/2 caller that expects it, and then forwards its body', async () => {
     handler = (stream) => {
       const chunks: Buffer[] = [];
