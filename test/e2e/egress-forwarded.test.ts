@@ -95,6 +95,22 @@ describe('forwarding headers', () => {
     }
   });
 
+  it('streams a 4 MiB upload from an HTTP/2 caller to the local service, under flow control', async () => {
+    const session = await connectH2(egress(0));
+    try {
+      const body = Buffer.alloc(4 * 1024 * 1024, 7);
+      const reply = await h2Request(
+        session,
+        { ':path': '/upload', ':method': 'POST', 'x-node-id': 'n1' },
+        { body, timeoutMs: 20_000 },
+      );
+      assert.equal(reply.status, 200);
+      assert.equal((JSON.parse(reply.text) as { bodyLength: number }).bodyLength, body.length);
+    } finally {
+      session.destroy();
+    }
+  });
+
   it('sends one RFC 7239 forwarded element instead, dropping what the caller sent, when so configured', async () => {
     const reply = await request(egress(1), '/', {
       headers: {
