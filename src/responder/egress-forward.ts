@@ -283,8 +283,12 @@ function sendBody(
     }
   };
   const body = exchange.body;
-  if (limit.maxBytes === undefined) return pump(body, stream).catch(done);
-  const counted = new BodyLimit(limit.maxBytes, limit.onExceeded);
+  // An HTTP/2 caller's stream carries its response too: pump() would reset it on a tunnel failure
+  // before the 502 or 504 could go out, so its body is piped like a limited one.
+  if (limit.maxBytes === undefined && exchange.version !== '2') {
+    return pump(body, stream).catch(done);
+  }
+  const counted = new BodyLimit(limit.maxBytes ?? Number.POSITIVE_INFINITY, limit.onExceeded);
   const onClose = () => {
     // The caller went away mid-upload: fail the stream, never end it.
     if (!exchange.bodyComplete) counted.destroy(new Error('the caller aborted the upload'));

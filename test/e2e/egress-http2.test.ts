@@ -11,7 +11,7 @@ import http2, { type ClientHttp2Session } from 'node:http2';
 import { after, before, describe, it } from 'node:test';
 import { startResponder, type Responder } from '../../src/responder/responder.ts';
 import type { HostPort } from '../../src/shared/address.ts';
-import { FakeInitiator } from '../helpers/fake-initiator.ts';
+import { envoyHandshakeRequest, FakeInitiator } from '../helpers/fake-initiator.ts';
 import { clientPreface, emptySettings, frameType, readFrame } from '../helpers/h2-frames.ts';
 import { connectH2, h2Request } from '../helpers/h2-client.ts';
 import { request } from '../helpers/http.ts';
@@ -61,7 +61,11 @@ describe('HTTP/2 callers on a cleartext egress listener', () => {
       stat_prefix: 'reverse_connections',
       tunnel_listener: { address: '127.0.0.1:0', ping_interval: '300s' },
       egress_listeners: [
-        { address: '127.0.0.1:0', headers_timeout: '1s', request_timeout: '1s' },
+        {
+          address: '127.0.0.1:0',
+          headers_timeout: '1s',
+          request_timeout: '1s',
+        },
         {
           address: '127.0.0.1:0',
           stat_prefix: 'egress_callers',
@@ -73,6 +77,7 @@ describe('HTTP/2 callers on a cleartext egress listener', () => {
             },
           ],
         },
+        { address: '127.0.0.1:0', stat_prefix: 'egress_impatient', response_timeout: '500ms' },
       ],
     });
     const registered = tunnelsRegistered(responder, 'n1');
@@ -182,9 +187,10 @@ describe('HTTP/2 callers on a cleartext egress listener', () => {
     );
     stream.on('error', () => {});
     stream.write('a start, and nothing more');
-    const status = await new Promise<number>((resolve) =>
-      stream.once('response', (head) => resolve(Number(head[':status']))),
-    );
+    const status = await new Promise<number>((resolve, reject) => {
+      stream.once('response', (head) => resolve(Number(head[':status'])));
+      stream.once('close', () => reject(new Error(`reset (${stream.rstCode}) with no response`)));
+    });
     assert.equal(status, 408);
     assert.notEqual(await tunnelClosed.promise, http2.constants.NGHTTP2_NO_ERROR);
     stream.close();
@@ -213,9 +219,10 @@ describe('HTTP/2 callers on a cleartext egress listener', () => {
     stream.end('payload');
     const chunks: Buffer[] = [];
     stream.on('data', (chunk: Buffer) => chunks.push(chunk));
-    const status = await new Promise<number>((resolve) =>
-      stream.once('response', (head) => resolve(Number(head[':status']))),
-    );
+    const status = await new Promise<number>((resolve, reject) => {
+      stream.once('response', (head) => resolve(Number(head[':status'])));
+      stream.once('close', () => reject(new Error(`reset (${stream.rstCode}) with no response`)));
+    });
     await new Promise((resolve) => stream.once('end', resolve));
     assert.equal(status, 200);
     assert.equal(Buffer.concat(chunks).toString(), 'got payload');
@@ -270,6 +277,68 @@ describe('HTTP/2 callers on a cleartext egress listener', () => {
     assert.equal(reply.ended, false, 'a cut-off body must not end cleanly');
     assert.notEqual(reply.rstCode, http2.constants.NGHTTP2_NO_ERROR);
     assert.equal((await h2Request(client, { ':path': '/', 'x-node-id': 'n1' })).status, 200);
+  });
+
+  it('resets the HTTP/2 caller’s stream when the whole tunnel dies after the response headers', async () => {
+    const registered = tunnelsRegistered(responder, 'n2');
+    const doomed = await FakeInitiator.connect(
+      responder.addresses.tunnel,
+      envoyHandshakeRequest({ node: 'n2', cluster: 'c2', tenant: 't1' }),
+    );
+    try {
+      await doomed.expectAccepted();
+      void doomed.serveHttp2((stream) => {
+        stream.respond({ ':status': 200 });
+        stream.write('partial', () => doomed.destroy());
+      });
+      await registered;
+      const reply = await h2Request(client, { ':path': '/cut', 'x-node-id': 'n2' });
+      assert.equal(reply.status, 200);
+      assert.equal(reply.ended, false, 'a cut-off body must not end cleanly');
+      assert.notEqual(reply.rstCode, http2.constants.NGHTTP2_NO_ERROR);
+    } finally {
+      doomed.destroy();
+    }
+  });
+
+  it('answers an HTTP/2 caller 504 when the node does not answer within response_timeout', async () => {
+    const tunnelClosed = signal<number>();
+    handler = (stream) => {
+      stream.resume();
+      stream.on('close', () => tunnelClosed.resolve(stream.rstCode));
+    };
+    const session = await connectH2(egress(2));
+    try {
+      const reply = await h2Request(session, { ':path': '/silent', 'x-node-id': 'n1' });
+      assert.equal(reply.status, 504);
+      assert.match(reply.text, /response_timeout/);
+      assert.equal(await tunnelClosed.promise, http2.constants.NGHTTP2_CANCEL);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('answers an HTTP/2 caller 504 in the middle of its upload, not a bare reset', async () => {
+    handler = (stream) => {
+      stream.resume();
+    };
+    const session = await connectH2(egress(2));
+    try {
+      const stream = session.request(
+        { ':path': '/upload', ':method': 'POST', 'x-node-id': 'n1' },
+        { endStream: false },
+      );
+      stream.on('error', () => {});
+      stream.write('the first part of a body that never ends');
+      const status = await new Promise<number>((resolve, reject) => {
+        stream.once('response', (head) => resolve(Number(head[':status'])));
+        stream.once('close', () => reject(new Error(`reset (${stream.rstCode}) with no response`)));
+      });
+      assert.equal(status, 504);
+      stream.close();
+    } finally {
+      session.destroy();
+    }
   });
 
   it('streams server-sent events to an HTTP/2 caller one at a time', async () => {
