@@ -239,6 +239,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
             max_invalid_frames: 100,
             max_rejected_streams: 100,
             stream_window: 1_048_576,
+            connection_window: 4_194_304,
             idle_timeout: 300_000,
           },
           forwarded_headers: { mode: 'x-forwarded', via: true, incoming: 'append' },

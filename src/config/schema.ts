@@ -590,6 +590,12 @@ export const responderSchema = z
                 .min(65_535)
                 .max(2 ** 31 - 1)
                 .default(1024 * 1024),
+              /** Receive window of a caller's whole session (WINDOW_UPDATE on stream 0), bytes. Default 4 MiB. */
+              connection_window: z
+                .int()
+                .min(65_535)
+                .max(2 ** 31 - 1)
+                .default(4 * 1024 * 1024),
               /**
                * A caller's session with no frame at all for this long is closed (GOAWAY). Default
                * 300s. Streams that are quiet but open (a server-sent-events response between two

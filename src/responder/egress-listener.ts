@@ -298,6 +298,13 @@ export class EgressListener {
         logger.debug({ err: error }, 'HTTP/2 caller session failed');
       });
       this.#sessions.add(session);
+      // The session's own window starts at 65 535 bytes whatever SETTINGS say (RFC 9113 §6.9.2):
+      // opened as a tunnel's is, or an upload would move one such window per round trip.
+      const openWindow = () => {
+        if (!session.destroyed) session.setLocalWindowSize(limits.connection_window);
+      };
+      if (session.connecting) session.once('connect', openWindow);
+      else openWindow();
       session.once('close', () => this.#sessions.delete(session));
       if (this.#draining) closeSession(session);
     });
