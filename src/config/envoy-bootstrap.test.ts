@@ -242,6 +242,17 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
           response_timeout: 60_000,
           max_header_bytes: 16_384,
           refused_status: 403,
+          http2: {
+            enabled: true,
+            max_concurrent_streams: 100,
+            max_session_memory: 10,
+            max_invalid_frames: 100,
+            max_rejected_streams: 100,
+            stream_window: 1_048_576,
+            connection_window: 4_194_304,
+            idle_timeout: 300_000,
+          },
+          forwarded_headers: { mode: 'x-forwarded', via: true, incoming: 'append' },
         },
       ],
     });

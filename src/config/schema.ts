@@ -765,8 +765,72 @@ export const responderSchema = z
             .default(16 * 1024),
           /** Largest request body, bytes; beyond it 413. Unlimited when absent. */
           max_body_bytes: z.int().min(0).optional(),
-          /** HTTPS on the egress listener (HTTP/1.1 over TLS), e.g. for client certificates. */
+          /**
+           * HTTPS on the egress listener, e.g. for client certificates: HTTP/2 and HTTP/1.1 by
+           * ALPN (`h2`, `http/1.1`), or HTTP/1.1 only with `http2.enabled: false`.
+           */
           tls: serverTls.optional(),
+          /**
+           * HTTP/2 for callers (docs/egress.md). On by default: h2c with prior knowledge beside
+           * HTTP/1.1 on a cleartext port (the connection preface decides), ALPN `h2` with TLS.
+           * The limits bound what one caller's connection may cost before it authenticates.
+           */
+          http2: z
+            .strictObject({
+              /** Speak HTTP/2 to callers that ask for it. Default true. */
+              enabled: z.boolean().default(true),
+              /** SETTINGS_MAX_CONCURRENT_STREAMS announced to a caller. Default 100. */
+              max_concurrent_streams: z.int().min(1).max(10_000).default(100),
+              /** Memory one caller session may use before its new streams are refused, MiB. Default 10. */
+              max_session_memory: z.int().min(1).max(1024).default(10),
+              /** Invalid frames tolerated before a caller's session is closed. Default 100. */
+              max_invalid_frames: z.int().min(0).max(100_000).default(100),
+              /** Streams refused before a caller's session is closed. Default 100. */
+              max_rejected_streams: z.int().min(0).max(100_000).default(100),
+              /** Receive window announced per stream (SETTINGS_INITIAL_WINDOW_SIZE), bytes. Default 1 MiB. */
+              stream_window: z
+                .int()
+                .min(65_535)
+                .max(2 ** 31 - 1)
+                .default(1024 * 1024),
+              /** Receive window of a caller's whole session (WINDOW_UPDATE on stream 0), bytes. Default 4 MiB. */
+              connection_window: z
+                .int()
+                .min(65_535)
+                .max(2 ** 31 - 1)
+                .default(4 * 1024 * 1024),
+              /**
+               * A caller's session with no frame at all for this long is closed (GOAWAY). Default
+               * 300s. Streams that are quiet but open (a server-sent-events response between two
+               * events) keep nothing alive: PING or data does.
+               */
+              idle_timeout: duration(1000, 3_600_000).prefault('300s'),
+            })
+            .prefault({}),
+          /**
+           * Headers that tell the local service how the request reached revtun (docs/egress.md),
+           * added after the request script ran.
+           */
+          forwarded_headers: z
+            .strictObject({
+              /**
+               * `x-forwarded` (default): `x-forwarded-for`, `-proto`, `-host`. `forwarded`: one
+               * RFC 7239 `forwarded` element (`for=…;proto=…;host=…`). `none`: neither.
+               */
+              mode: z.enum(['x-forwarded', 'forwarded', 'none']).default('x-forwarded'),
+              /** Add `via: 1.1 revtun` (`2 revtun` for an HTTP/2 caller), after any via. Default true. */
+              via: z.boolean().default(true),
+              /**
+               * What becomes of the caller's own forwarding headers. `append` (default, as nginx's
+               * `$proxy_add_x_forwarded_for` and Envoy's `use_remote_address`): the caller's
+               * address is appended to its `x-forwarded-for` (or `forwarded`), and `-proto`/`-host`
+               * are set by revtun. `replace`: the caller's are dropped, only revtun's are sent.
+               * `trust`: as append, but a `-proto`/`-host` the caller sent is kept (revtun behind a
+               * proxy of yours).
+               */
+              incoming: z.enum(['append', 'replace', 'trust']).default('append'),
+            })
+            .prefault({}),
           /**
            * Callers that may use the listener; when set, a request must authenticate as one of
            * them and may reach only what that caller's allow-lists name.

@@ -15,11 +15,18 @@
  * - An absent allow-list allows all; present lists must all accept the node (tenant, cluster, node).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import type { EgressListenerConfig } from '../config/schema.ts';
 
 export type CallerConfig = NonNullable<EgressListenerConfig['callers']>[number];
+
+/** What authentication reads of a request, whichever protocol brought it (egress-exchange.ts). */
+export interface AuthenticatedRequest {
+  /** Every `authorization` field, each as received. */
+  readonly authorization: readonly string[] | undefined;
+  /** The caller's connection (a TLSSocket, or HTTP/2's proxy of one, over TLS). */
+  readonly socket: object;
+}
 
 /** What an allow-list is checked against: the node a request resolved to. */
 export interface ReachableNode {
@@ -59,8 +66,8 @@ export class EgressCallers {
     return this.#tokens.length > 0;
   }
 
-  authenticate(request: IncomingMessage): Authentication {
-    const authorization = request.headersDistinct['authorization'];
+  authenticate(request: AuthenticatedRequest): Authentication {
+    const authorization = request.authorization;
     if (this.hasTokenCallers && authorization !== undefined) {
       return this.#byToken(authorization);
     }
@@ -125,7 +132,7 @@ export function mayReach(caller: CallerConfig, node: ReachableNode): boolean {
  * The URI and DNS SANs of the client certificate, if the request came over TLS with a certificate
  * that chains to the listener's client CA; undefined otherwise.
  */
-function verifiedCertificateNames(request: IncomingMessage): string[] | undefined {
+function verifiedCertificateNames(request: AuthenticatedRequest): string[] | undefined {
   const socket = request.socket as Partial<TLSSocket>;
   if (socket.encrypted !== true || socket.authorized !== true) return undefined;
   const certificate = socket.getPeerCertificate?.();

@@ -1,19 +1,30 @@
 /**
- * An egress listener: callers send ordinary HTTP/1.1 requests (over TLS with `tls`) naming a node
- * or a cluster in a header; each request goes to that node as an HTTP/2 stream on one of its
- * tunnels.
+ * An egress listener: callers send HTTP requests (over TLS with `tls`) naming a node or a cluster
+ * in a header; each request goes to that node as an HTTP/2 stream on one of its tunnels
+ * (docs/streams.md §1, user docs in docs/egress.md).
+ *
+ * Protocols: HTTP/1.1 always, and HTTP/2 unless `http2.enabled` is false. A cleartext listener
+ * takes h2c with prior knowledge on the same port: the first bytes of each connection are
+ * compared with the HTTP/2 connection preface (egress-sniff.ts), bounded by headers_timeout. The
+ * h2c Upgrade from HTTP/1.1 (RFC 7540 §3.2, removed by RFC 9113) is not offered: such a request
+ * is served as HTTP/1.1. A TLS listener offers `h2` and `http/1.1` by ALPN. Both protocols go
+ * through the same checks and forwarding (egress-exchange.ts, egress-forward.ts); an HTTP/1.1
+ * `Upgrade: websocket` or an HTTP/2 extended CONNECT (RFC 8441, announced with
+ * SETTINGS_ENABLE_CONNECT_PROTOCOL) goes through the same checks and then to egress-upgrade.ts.
  *
  * The steps, in order: the header fields are counted (431 past the cap of a tunnel stream) and
  * `host` is required (400), the caller authenticates (`callers`: 401 without valid credentials), a
  * declared body larger than `max_body_bytes` is refused (413), the request script runs, the route
  * is matched (404), the routing headers are read (400 if none, or if one is repeated), the node is
  * resolved among those the caller may reach (503 none connected; `refused_status` when the caller
- * may not reach it), and the request is sent on a session borrowed from the registry.
+ * may not reach it), the forwarding headers are added (`forwarded_headers`), and the request is
+ * sent on a session borrowed from the registry.
  *
  * Failure answers are one line of plain text. Once the response has begun, a failure aborts the
- * caller's connection: a truncated body never looks complete. A chunked upload that grows past
- * `max_body_bytes` resets the stream to the initiator (never END_STREAM), and is answered 413 if
- * the response has not begun.
+ * caller's side: the HTTP/1.1 connection is destroyed, the HTTP/2 stream reset (RST_STREAM), so a
+ * truncated body never looks complete. A chunked upload that grows past `max_body_bytes` resets
+ * the stream to the initiator (never END_STREAM), and is answered 413 if the response has not
+ * begun.
  *
  * Header hygiene: the local service never sees how it was reached. The route's host id and tenant
  * headers and the tunnel identity headers (`<header_prefix>-reverse-tunnel-*`) are not forwarded,
@@ -21,20 +32,24 @@
  * host id (the sandbox's x-node-id → x-computed-host-id) is the script's to remove.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import http2, { type ClientHttp2Stream, type OutgoingHttpHeaders } from 'node:http2';
+import http2, {
+  type Http2Server,
+  type OutgoingHttpHeaders,
+  type ServerHttp2Session,
+  type ServerHttp2Stream,
+} from 'node:http2';
 import https from 'node:https';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { Transform, type TransformCallback } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
 import type { EgressListenerConfig } from '../config/schema.ts';
 import { handshakeHeaderNames } from '../protocol/handshake.ts';
 import { formatHostPort, type HostPort } from '../shared/address.ts';
 import { describeError, RevtunError, isRevtunError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import { maxHeaderListPairs } from '../shared/http2-limits.ts';
-import { contentLength, resetStream, watchEndStream } from '../shared/http2-stream.ts';
 import { findRoute, pathOf } from '../shared/route-match.ts';
 import { closeServer, listen } from '../shared/listen.ts';
-import { pump } from '../shared/pump.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { StatsRegistry } from '../shared/stats.ts';
 import { loadServerTls } from '../shared/tls-files.ts';
@@ -44,6 +59,18 @@ import {
   type Authentication,
   type CallerConfig,
 } from './egress-callers.ts';
+import {
+  Http1Exchange,
+  Http2Exchange,
+  UpgradeRequest,
+  type CallerExchange,
+  type CallerReply,
+  type CallerRequest,
+} from './egress-exchange.ts';
+import { addForwardedHeaders } from './egress-forwarded.ts';
+import { bodyTooLarge, forward, idempotentMethods, reply } from './egress-forward.ts';
+import { sniffProtocol } from './egress-sniff.ts';
+import { forwardExtendedConnect, forwardWebSocketUpgrade } from './egress-upgrade.ts';
 import type { NodeEntry, TunnelRegistry } from './registry.ts';
 import { RequestHeaders } from './request-headers.ts';
 import type { LocalReply, RequestScript } from './request-script.ts';
@@ -75,6 +102,8 @@ const maxRequestHeaderFields = maxHeaderListPairs - pseudoHeaderCount;
 /**
  * Header fields Node keeps of a request (server.maxHeadersCount; its default, stated). It drops the
  * rest silently, so a request that reaches it has at least that many and the exact count is lost.
+ * The HTTP/2 server takes as many (maxHeaderListPairs) so that it too answers 431 rather than
+ * resetting the stream; past them Node resets it (ENHANCE_YOUR_CALM).
  */
 const keptHeaderFields = 1000;
 
@@ -100,12 +129,27 @@ interface RoutePlan {
   };
 }
 
+/** A request that passed every check: where it goes and what goes on the tunnel. */
+interface Admitted {
+  readonly node: NodeEntry;
+  readonly hostId: string;
+  readonly plan: RoutePlan;
+  readonly headers: OutgoingHttpHeaders;
+}
+
+/** Fields of an HTTP/1.1 WebSocket handshake that belong to its hop (docs/streams.md §2). */
+const webSocketHopFields = ['sec-websocket-key', 'sec-websocket-accept'] as const;
+
 export class EgressListener {
   readonly #options: EgressListenerOptions;
   readonly #callers: EgressCallers | undefined;
   readonly #identityHeaders: readonly string[];
   readonly #routePlans: ReadonlyMap<EgressRouteConfig, RoutePlan>;
   #server: http.Server | undefined;
+  #http2: Http2Server | undefined;
+  readonly #sessions = new Set<ServerHttp2Session>();
+  /** Cleartext connections whose first bytes are still awaited (egress-sniff.ts). */
+  readonly #sniffing = new Set<Socket>();
   #script: RequestScript | undefined;
   #draining = false;
 
@@ -136,12 +180,18 @@ export class EgressListener {
       });
     }
     this.#server = await this.#createServer();
+    if (config.http2.enabled) this.#http2 = this.#createHttp2Server();
+    this.#dispatchConnections(this.#server);
     return listen(this.#server, config.address, `egress listener ${index}`);
   }
 
-  /** Stops accepting connections; requests that arrive on kept-alive connections get 503. */
+  /**
+   * Stops accepting connections; requests that arrive on kept-alive HTTP/1.1 connections get 503,
+   * HTTP/2 sessions get GOAWAY and close once their streams are done.
+   */
   async drain(): Promise<void> {
     this.#draining = true;
+    for (const session of this.#sessions) closeSession(session);
     if (this.#server === undefined) return;
     const closed = closeServer(this.#server);
     this.#server.closeIdleConnections();
@@ -150,6 +200,8 @@ export class EgressListener {
 
   destroy(): void {
     this.#server?.closeAllConnections();
+    for (const session of this.#sessions) session.destroy();
+    for (const socket of this.#sniffing) socket.destroy();
     this.#script?.close();
   }
 
@@ -161,7 +213,7 @@ export class EgressListener {
       headersTimeout: Math.min(config.headers_timeout, config.request_timeout),
       // Node answers a longer head with 431 (the 'clientError' below writes it).
       maxHeaderSize: config.max_header_bytes,
-      // #handle checks Host itself, after the field count: with maxHeadersCount (below), Node's
+      // #admit checks Host itself, after the field count: with maxHeadersCount (below), Node's
       // own check would answer 400 for a Host it dropped, where the answer is 431.
       requireHostHeader: false,
       // Node's default, stated: 5 s idle between requests on a kept-alive connection.
@@ -170,14 +222,22 @@ export class EgressListener {
       connectionsCheckingInterval: 1_000,
     };
     const onRequest = (request: IncomingMessage, response: ServerResponse) =>
-      this.#onRequest(request, response, false);
+      this.#onRequest(new Http1Exchange(request, response, false));
     let server: http.Server;
     if (config.tls === undefined) {
       server = http.createServer(options, onRequest);
     } else {
       const tls = await this.#tlsOptions(config.tls);
       try {
-        server = https.createServer({ ...options, ...tls }, onRequest);
+        server = https.createServer(
+          {
+            ...options,
+            ...tls,
+            // RFC 7301; RFC 9113 §3.2: `h2` is HTTP/2 over TLS. Without a match, HTTP/1.1.
+            ALPNProtocols: config.http2.enabled ? ['h2', 'http/1.1'] : ['http/1.1'],
+          },
+          onRequest,
+        );
       } catch (error) {
         throw this.#listenError(`its TLS files are not usable: ${describeError(error)}`, error);
       }
@@ -186,13 +246,16 @@ export class EgressListener {
       });
     }
     // Node does not refuse a request with many header fields: past maxHeadersCount it drops the
-    // rest silently, Host and routing headers among them. #handle counts them and answers 431.
+    // rest silently, Host and routing headers among them. #admit counts them and answers 431.
     server.maxHeadersCount = keptHeaderFields;
     // `expect: 100-continue` is answered only once the request passed every check, so a caller
     // that is refused (401, 413 …) never sends its body.
     server.on('checkContinue', (request: IncomingMessage, response: ServerResponse) =>
-      this.#onRequest(request, response, true),
+      this.#onRequest(new Http1Exchange(request, response, true)),
     );
+    server.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+      this.#onUpgrade(request, socket, head);
+    });
     server.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => {
       answerClientError(error, socket, config.max_header_bytes);
       logger.debug({ err: error }, 'malformed or late request on the egress listener');
@@ -202,6 +265,110 @@ export class EgressListener {
       if (server.listening) logger.error({ err: error }, 'egress listener error');
     });
     return server;
+  }
+
+  /**
+   * The HTTP/2 server for callers. It never listens: the HTTP/1.1 server's connections that speak
+   * HTTP/2 are handed to it (#dispatchConnections). Its limits are the tunnels' where they apply
+   * (shared/http2-limits.ts), tighter where a caller has not authenticated yet: this is an
+   * internet-facing, pre-authentication surface.
+   */
+  #createHttp2Server(): Http2Server {
+    const { config, logger } = this.#options;
+    const limits = config.http2;
+    const server = http2.createServer({
+      maxHeaderListPairs: keptHeaderFields + pseudoHeaderCount,
+      maxSessionMemory: limits.max_session_memory,
+      maxSessionInvalidFrames: limits.max_invalid_frames,
+      maxSessionRejectedStreams: limits.max_rejected_streams,
+      settings: {
+        enablePush: false,
+        maxConcurrentStreams: limits.max_concurrent_streams,
+        // The same bound as an HTTP/1.1 head (RFC 9113 §6.5.2 counts 32 bytes more per field).
+        maxHeaderListSize: config.max_header_bytes,
+        initialWindowSize: limits.stream_window,
+        // RFC 8441 §3: callers may open WebSockets with extended CONNECT.
+        enableConnectProtocol: true,
+      },
+    });
+    // A session with no frame at all for this long is destroyed (Node's default on 'timeout').
+    server.setTimeout(limits.idle_timeout);
+    server.on('session', (session: ServerHttp2Session) => {
+      session.on('error', (error) => {
+        logger.debug({ err: error }, 'HTTP/2 caller session failed');
+      });
+      this.#sessions.add(session);
+      // The session's own window starts at 65 535 bytes whatever SETTINGS say (RFC 9113 §6.9.2):
+      // opened as a tunnel's is, or an upload would move one such window per round trip.
+      const openWindow = () => {
+        if (!session.destroyed) session.setLocalWindowSize(limits.connection_window);
+      };
+      if (session.connecting) session.once('connect', openWindow);
+      else openWindow();
+      session.once('close', () => this.#sessions.delete(session));
+      if (this.#draining) closeSession(session);
+    });
+    server.on(
+      'stream',
+      (
+        stream: ServerHttp2Stream,
+        headers: http2.IncomingHttpHeaders,
+        _flags: number,
+        rawHeaders: string[],
+      ) => {
+        stream.on('error', (error: Error) => {
+          logger.debug({ err: error }, 'HTTP/2 caller stream failed');
+        });
+        this.#onStream(stream, headers, rawHeaders);
+      },
+    );
+    return server;
+  }
+
+  /**
+   * Gives each accepted connection to the server of its protocol. A TLS connection's ALPN
+   * decides; a cleartext one's first bytes (egress-sniff.ts), read within headers_timeout. The
+   * HTTP/1.1 server's own connection handler is taken off and called for HTTP/1.1 connections,
+   * so its connection tracking (request and headers timeouts, closeIdleConnections) works as if
+   * it had accepted them itself; Node's allowHTTP1 does the same the other way round.
+   */
+  #dispatchConnections(server: http.Server): void {
+    const h2 = this.#http2;
+    if (h2 === undefined) return;
+    const { config, logger } = this.#options;
+    const event = config.tls === undefined ? 'connection' : 'secureConnection';
+    const http1 = server.listeners(event) as Array<(socket: Socket) => void>;
+    server.removeAllListeners(event);
+    const toHttp1 = (socket: Socket) => {
+      for (const listener of http1) listener.call(server, socket);
+    };
+    if (config.tls !== undefined) {
+      server.on(event, (socket: TLSSocket) => {
+        if (socket.alpnProtocol === 'h2') h2.emit('connection', socket);
+        else toHttp1(socket);
+      });
+      return;
+    }
+    server.on(event, (socket: Socket) => {
+      this.#sniffing.add(socket);
+      sniffProtocol(socket, {
+        timeoutMs: config.headers_timeout,
+        onProtocol: (protocol) => {
+          this.#sniffing.delete(socket);
+          if (protocol === 'h2') {
+            h2.emit('connection', socket);
+            return;
+          }
+          toHttp1(socket);
+          // Paused by the sniffing so that no byte is lost; Node's parser takes 'data' now.
+          socket.resume();
+        },
+        onGiveUp: (why) => {
+          this.#sniffing.delete(socket);
+          logger.debug({ why }, 'egress connection closed before its protocol was known');
+        },
+      });
+    });
   }
 
   /**
@@ -229,150 +396,127 @@ export class EgressListener {
     );
   }
 
-  #onRequest(request: IncomingMessage, response: ServerResponse, expectsContinue: boolean): void {
-    this.#handle(request, response, expectsContinue).catch((error: unknown) => {
+  #onRequest(exchange: CallerExchange): void {
+    this.#handle(exchange).catch((error: unknown) => {
       this.#options.logger.error({ err: error }, 'egress request failed unexpectedly');
-      response.destroy();
+      exchange.abort('the request failed unexpectedly');
     });
   }
 
-  async #handle(
-    request: IncomingMessage,
-    response: ServerResponse,
-    expectsContinue: boolean,
-  ): Promise<void> {
-    const { config, registry, stats, logger } = this.#options;
-    // First, as Envoy's codec does: nothing (authentication, the script) works on such a request.
-    const receivedFields = request.rawHeaders.length / 2;
-    if (receivedFields > maxRequestHeaderFields) {
-      tooManyHeaderFields(
-        response,
-        receivedFields < keptHeaderFields ? `${receivedFields}` : `at least ${keptHeaderFields}`,
-      );
+  #onStream(
+    stream: ServerHttp2Stream,
+    headers: http2.IncomingHttpHeaders,
+    rawHeaders: readonly string[],
+  ): void {
+    const exchange = new Http2Exchange(stream, headers, rawHeaders);
+    if (!stream.endAfterHeaders && headers[':method'] !== 'CONNECT') this.#uploadDeadline(exchange);
+    if (headers[':method'] !== 'CONNECT') {
+      this.#onRequest(exchange);
       return;
     }
-    // What requireHostHeader would do (RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400).
-    if (
-      request.httpVersionMajor === 1 &&
-      request.httpVersionMinor === 1 &&
-      request.headers.host === undefined
-    ) {
-      response.shouldKeepAlive = false;
-      reply(response, 400, 'no host header: an HTTP/1.1 request must carry one');
+    if (headers[':protocol'] !== 'websocket') {
+      // A plain CONNECT asks for a TCP tunnel to an address: an egress listener is no such proxy
+      // (a responder's tcp_listeners carry TCP to named targets).
+      reply(exchange, 501, 'CONNECT is not carried by an egress listener');
       return;
     }
-    if (this.#draining) {
-      response.shouldKeepAlive = false;
-      reply(response, 503, 'the responder is shutting down');
-      return;
-    }
-    let caller: CallerConfig | undefined;
-    if (this.#callers !== undefined) {
-      const authentication = this.#callers.authenticate(request);
-      if (!authentication.ok) {
-        stats.counter(`http.${config.stat_prefix}.callers.unauthorized`).inc();
-        unauthorized(response, authentication);
-        return;
-      }
-      caller = authentication.caller;
-    }
-    const declared = declaredLength(request);
-    if (config.max_body_bytes !== undefined && declared > config.max_body_bytes) {
-      bodyTooLarge(response, config.max_body_bytes);
-      return;
-    }
-    // The script sees the request first and may change its headers or answer it (Envoy runs the
-    // HTTP filters before the router).
-    const headers = new RequestHeaders(request.headers, {
-      ':method': request.method ?? 'GET',
-      ':path': request.url ?? '/',
-      ':authority': request.headers.host ?? '',
-      ':scheme': config.tls === undefined ? 'http' : 'https',
+    this.#upgrade(exchange, (session, admitted) =>
+      forwardExtendedConnect(stream, this.#upgradeTarget(session, admitted)),
+    ).catch((error: unknown) => {
+      this.#options.logger.error({ err: error }, 'egress extended CONNECT failed unexpectedly');
+      exchange.abort('the request failed unexpectedly');
     });
-    // The caller's credential is this listener's: neither the script nor the service sees it.
-    if (this.#callers !== undefined) headers.remove('authorization');
-    const local = this.#runScript(headers, request);
-    if (local !== undefined) {
-      localReply(response, local);
-      return;
-    }
-    const pathOnly = pathOf(request.url ?? '/');
-    const route = findRoute(config.routes, pathOnly);
-    if (route === undefined) {
-      reply(response, 404, `no route for path ${pathOnly}`);
-      return;
-    }
-    const plan = this.#routePlans.get(route) ?? routePlan(route, config, this.#identityHeaders);
-    const { hostIdHeaders, tenantHeaders, routingHeaders } = plan;
-    const repeated = repeatedHeader(request, headers, routingHeaders);
-    if (repeated !== undefined) {
-      reply(response, 400, `duplicate routing header ${repeated}`);
-      return;
-    }
-    const hostId = firstHeader(headers, hostIdHeaders);
-    if (hostId === undefined) {
-      const status = config.no_host_id_status;
-      if (status === 503) stats.counter(plan.stats.noneHealthy).inc();
-      reply(response, status, `no routing header: send one of ${hostIdHeaders.join(', ')}`);
-      return;
-    }
-    let tenantId = '';
-    if (this.#options.tenantIsolation) {
-      const tenant = firstHeader(headers, tenantHeaders);
-      // Envoy resolves an empty or "-" tenant to no host; revtun says what is missing.
-      if (tenant === undefined || tenant === '-') {
-        reply(response, 400, `no tenant header: send one of ${tenantHeaders.join(', ')}`);
+  }
+
+  /**
+   * request_timeout for an HTTP/2 caller's body, as Node's requestTimeout bounds an HTTP/1.1
+   * request: an upload still open after it gets 408, or its stream reset if the response has
+   * begun, so a slow upload cannot hold a stream (and a tunnel stream) for ever.
+   */
+  #uploadDeadline(exchange: Http2Exchange): void {
+    const { config } = this.#options;
+    const stream = exchange.stream;
+    const timer = setTimeout(() => {
+      if (stream.readableEnded || stream.destroyed) return;
+      if (stream.headersSent) exchange.abort('no whole request within request_timeout');
+      else reply(exchange, 408, 'the request did not arrive within request_timeout');
+    }, config.request_timeout);
+    stream.once('end', () => clearTimeout(timer));
+    stream.once('close', () => clearTimeout(timer));
+  }
+
+  /**
+   * An HTTP/1.1 request with `Upgrade`. A WebSocket goes through the checks and on to
+   * egress-upgrade.ts; any other token (h2c among them: not offered, see the file's comment) is
+   * answered as the plain request it also is, when it has no body.
+   */
+  #onUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', (error) => {
+      this.#options.logger.debug({ err: error }, 'egress upgrade connection failed');
+    });
+    const upgrade = new UpgradeRequest(request, socket);
+    const tokens = String(request.headers.upgrade ?? '').toLowerCase();
+    if (!tokens.split(',').some((token) => token.trim() === 'websocket')) {
+      if (upgrade.hasBody) {
+        reply(upgrade, 501, `an Upgrade to ${tokens} is not offered`);
         return;
       }
-      tenantId = tenant;
-    }
-    const cluster = plan.cluster;
-    const allowed = caller === undefined ? undefined : (node: NodeEntry) => mayReach(caller, node);
-    const node = registry.resolve(hostId, tenantId, allowed);
-    if (node === undefined) {
-      this.#noNode(response, { cluster, hostId, tenantId, caller });
+      this.#onRequest(new Http1Exchange(request, plainResponse(request, socket), false));
       return;
     }
-    const forwarded = forwardedHeaders(request, headers, plan.dropped, node);
-    const fields = countFields(forwarded);
-    if (fields > maxHeaderListPairs) {
-      tooManyHeaderFields(response, `${fields - pseudoHeaderCount}`);
-      return;
-    }
+    this.#upgrade(upgrade, (session, admitted) =>
+      forwardWebSocketUpgrade(request, socket, head, this.#upgradeTarget(session, admitted)),
+    ).catch((error: unknown) => {
+      this.#options.logger.error({ err: error }, 'egress upgrade failed unexpectedly');
+      socket.destroy();
+    });
+  }
+
+  #upgradeTarget(session: TunnelSession, admitted: Admitted) {
+    const { config, logger } = this.#options;
+    const headers: OutgoingHttpHeaders = {
+      ...admitted.headers,
+      ':method': 'CONNECT',
+      ':protocol': 'websocket',
+    };
+    for (const name of webSocketHopFields) delete headers[name];
+    headers['sec-websocket-version'] = '13';
+    return { session, headers, logger, responseTimeoutMs: config.response_timeout };
+  }
+
+  /** A WebSocket: the checks, one session, and the rest is egress-upgrade.ts's. */
+  async #upgrade(
+    request: CallerRequest & CallerReply,
+    hand: (session: TunnelSession, admitted: Admitted) => void,
+  ): Promise<void> {
+    const admitted = this.#admit(request);
+    if (admitted === undefined) return;
+    const session = await this.#acquire(request, admitted, undefined);
+    if (session === undefined) return;
+    this.#options.stats.counter(admitted.plan.stats.requests).inc();
+    hand(session, admitted);
+  }
+
+  async #handle(exchange: CallerExchange): Promise<void> {
+    const { config, stats, logger } = this.#options;
+    const admitted = this.#admit(exchange);
+    if (admitted === undefined) return;
     // One retry, on another tunnel, and only where it cannot repeat anything: an idempotent
     // request without a body whose stream the initiator never processed (see `forward`).
-    const mayRetry = idempotentMethods.has(request.method ?? '') && !hasBody(request);
+    const mayRetry = idempotentMethods.has(exchange.method) && !exchange.hasBody;
     let failed: TunnelSession | undefined;
     for (let attempt = 0; attempt < 2; attempt += 1) {
-      let session: TunnelSession;
-      try {
-        session = await registry.acquire(node, failed);
-      } catch (error) {
-        if (!isRevtunError(error)) throw error;
-        if (failed !== undefined) {
-          reply(
-            response,
-            502,
-            `the tunnel to node ${failed.identity.nodeId} refused the request, and no other tunnel to it is free`,
-          );
-          return;
-        }
-        stats.counter(plan.stats.connectFailures).inc();
-        // Busy is a moment's overload: say when to come back, as a 503 should (RFC 9110 §10.2.3).
-        const retry = isRevtunError(error, 'ERR_TUNNEL_BUSY') ? { 'retry-after': '1' } : {};
-        reply(response, error.status, `${error.message} (host id ${hostId})`, retry);
-        return;
-      }
+      const session = await this.#acquire(exchange, admitted, failed);
+      if (session === undefined) return;
       if (attempt === 0) {
-        stats.counter(plan.stats.requests).inc();
-        if (expectsContinue) response.writeContinue();
+        stats.counter(admitted.plan.stats.requests).inc();
+        if (exchange.expectsContinue) exchange.sendContinue();
       } else {
-        stats.counter(plan.stats.retries).inc();
+        stats.counter(admitted.plan.stats.retries).inc();
       }
       const outcome = await forward({
-        request,
-        response,
-        headers: forwarded,
+        exchange,
+        headers: admitted.headers,
         session,
         logger,
         maxBodyBytes: config.max_body_bytes,
@@ -384,8 +528,152 @@ export class EgressListener {
     }
   }
 
+  /** A session to the admitted node, or undefined after answering why there is none. */
+  async #acquire(
+    to: CallerReply,
+    admitted: Admitted,
+    failed: TunnelSession | undefined,
+  ): Promise<TunnelSession | undefined> {
+    const { registry, stats } = this.#options;
+    try {
+      return await registry.acquire(admitted.node, failed);
+    } catch (error) {
+      if (!isRevtunError(error)) throw error;
+      if (failed !== undefined) {
+        reply(
+          to,
+          502,
+          `the tunnel to node ${failed.identity.nodeId} refused the request, and no other tunnel to it is free`,
+        );
+        return undefined;
+      }
+      stats.counter(admitted.plan.stats.connectFailures).inc();
+      // Busy is a moment's overload: say when to come back, as a 503 should (RFC 9110 §10.2.3).
+      const retry = isRevtunError(error, 'ERR_TUNNEL_BUSY') ? { 'retry-after': '1' } : {};
+      reply(to, error.status, `${error.message} (host id ${admitted.hostId})`, retry);
+      return undefined;
+    }
+  }
+
+  /**
+   * Every check from the request's head to its node, the same for every protocol: the admitted
+   * request and what goes on the tunnel, or undefined once the caller has been answered.
+   */
+  #admit(request: CallerRequest & CallerReply): Admitted | undefined {
+    const { config, registry, stats } = this.#options;
+    // First, as Envoy's codec does: nothing (authentication, the script) works on such a request.
+    const receivedFields = request.receivedFields;
+    if (receivedFields > maxRequestHeaderFields) {
+      tooManyHeaderFields(
+        request,
+        receivedFields < keptHeaderFields ? `${receivedFields}` : `at least ${keptHeaderFields}`,
+      );
+      return undefined;
+    }
+    // What requireHostHeader would do (RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400;
+    // RFC 9113 §8.3.1: an HTTP/2 request has :authority or host).
+    if ((request.version === '1.1' || request.version === '2') && request.authority === undefined) {
+      request.closeAfter();
+      reply(
+        request,
+        400,
+        'no host header: an HTTP/1.1 request must carry one (HTTP/2: :authority)',
+      );
+      return undefined;
+    }
+    if (this.#draining) {
+      request.closeAfter();
+      reply(request, 503, 'the responder is shutting down');
+      return undefined;
+    }
+    let caller: CallerConfig | undefined;
+    if (this.#callers !== undefined) {
+      const authentication = this.#callers.authenticate(request);
+      if (!authentication.ok) {
+        stats.counter(`http.${config.stat_prefix}.callers.unauthorized`).inc();
+        unauthorized(request, authentication);
+        return undefined;
+      }
+      caller = authentication.caller;
+    }
+    const declared = declaredLength(request);
+    if (config.max_body_bytes !== undefined && declared > config.max_body_bytes) {
+      bodyTooLarge(request, config.max_body_bytes);
+      return undefined;
+    }
+    // The script sees the request first and may change its headers or answer it (Envoy runs the
+    // HTTP filters before the router).
+    const headers = new RequestHeaders(request.headers, {
+      ':method': request.method,
+      ':path': request.path,
+      ':authority': request.authority ?? '',
+      ':scheme': config.tls === undefined ? 'http' : 'https',
+    });
+    // The caller's credential is this listener's: neither the script nor the service sees it.
+    if (this.#callers !== undefined) headers.remove('authorization');
+    const local = this.#runScript(headers, request.path);
+    if (local !== undefined) {
+      localReply(request, local);
+      return undefined;
+    }
+    const pathOnly = pathOf(request.path);
+    const route = findRoute(config.routes, pathOnly);
+    if (route === undefined) {
+      reply(request, 404, `no route for path ${pathOnly}`);
+      return undefined;
+    }
+    const plan = this.#routePlans.get(route) ?? routePlan(route, config, this.#identityHeaders);
+    const { hostIdHeaders, tenantHeaders, routingHeaders } = plan;
+    const repeated = repeatedHeader(request, headers, routingHeaders);
+    if (repeated !== undefined) {
+      reply(request, 400, `duplicate routing header ${repeated}`);
+      return undefined;
+    }
+    const hostId = firstHeader(headers, hostIdHeaders);
+    if (hostId === undefined) {
+      const status = config.no_host_id_status;
+      if (status === 503) stats.counter(plan.stats.noneHealthy).inc();
+      reply(request, status, `no routing header: send one of ${hostIdHeaders.join(', ')}`);
+      return undefined;
+    }
+    let tenantId = '';
+    if (this.#options.tenantIsolation) {
+      const tenant = firstHeader(headers, tenantHeaders);
+      // Envoy resolves an empty or "-" tenant to no host; revtun says what is missing.
+      if (tenant === undefined || tenant === '-') {
+        reply(request, 400, `no tenant header: send one of ${tenantHeaders.join(', ')}`);
+        return undefined;
+      }
+      tenantId = tenant;
+    }
+    const cluster = plan.cluster;
+    const allowed = caller === undefined ? undefined : (node: NodeEntry) => mayReach(caller, node);
+    const node = registry.resolve(hostId, tenantId, allowed);
+    if (node === undefined) {
+      this.#noNode(request, { cluster, hostId, tenantId, caller });
+      return undefined;
+    }
+    const forwarded = forwardedHeaders(request, headers, plan.dropped, node);
+    addForwardedHeaders(
+      forwarded,
+      {
+        address: request.socket.remoteAddress,
+        proto: config.tls === undefined ? 'http' : 'https',
+        host: request.authority,
+        version: request.version,
+      },
+      config.forwarded_headers,
+    );
+    const fields = countFields(forwarded);
+    if (fields > maxHeaderListPairs) {
+      tooManyHeaderFields(request, `${fields - pseudoHeaderCount}`);
+      return undefined;
+    }
+    return { node, hostId, plan, headers: forwarded };
+  }
+
   /** The request script's own reply, if it gave one. */
-  #runScript(headers: RequestHeaders, request: IncomingMessage): LocalReply | undefined {
+  #runScript(headers: RequestHeaders, path: string): LocalReply | undefined {
     if (this.#script === undefined) return undefined;
     const { config, stats, logger } = this.#options;
     try {
@@ -394,7 +682,7 @@ export class EgressListener {
       // As Envoy's Lua filter: the failure is logged and counted, and the request goes on with
       // the headers as the script left them.
       stats.counter(`http.${config.stat_prefix}.lua.errors`).inc();
-      logger.error({ err: error, path: request.url }, 'request script failed; the request goes on');
+      logger.error({ err: error, path }, 'request script failed; the request goes on');
       return undefined;
     }
   }
@@ -405,7 +693,7 @@ export class EgressListener {
    * 403 says the node exists and the caller may not reach it.
    */
   #noNode(
-    response: ServerResponse,
+    to: CallerReply,
     what: { cluster: string; hostId: string; tenantId: string; caller: CallerConfig | undefined },
   ): void {
     const { config, registry, stats } = this.#options;
@@ -415,15 +703,11 @@ export class EgressListener {
       stats.counter(`http.${config.stat_prefix}.callers.refused`).inc();
     else stats.counter(`${cluster}.upstream_cx_none_healthy`).inc();
     if (caller !== undefined && config.refused_status === 404) {
-      reply(response, 404, `no route for host id ${hostId}`);
+      reply(to, 404, `no route for host id ${hostId}`);
     } else if (caller !== undefined && known) {
-      reply(response, 403, `caller ${caller.name} may not reach host id ${hostId}`);
+      reply(to, 403, `caller ${caller.name} may not reach host id ${hostId}`);
     } else {
-      reply(
-        response,
-        503,
-        `no tunnel for host id ${hostId}: no node or cluster by that id is connected`,
-      );
+      reply(to, 503, `no tunnel for host id ${hostId}: no node or cluster by that id is connected`);
     }
   }
 }
@@ -454,7 +738,7 @@ function routePlan(
 
 /** The HTTP/2 request headers: the request's end-to-end headers less the `dropped` ones. */
 function forwardedHeaders(
-  request: IncomingMessage,
+  request: CallerRequest,
   headers: RequestHeaders,
   dropped: ReadonlySet<string>,
   node: NodeEntry,
@@ -462,8 +746,8 @@ function forwardedHeaders(
   const fields = headers.view();
   const host = fields['host'];
   const out: OutgoingHttpHeaders = {
-    ':method': request.method ?? 'GET',
-    ':path': request.url ?? '/',
+    ':method': request.method,
+    ':path': request.path,
     ':scheme': 'http',
     ':authority': (Array.isArray(host) ? host[0] : host) ?? node.nodeId,
   };
@@ -476,29 +760,17 @@ function forwardedHeaders(
 /**
  * The first routing header that came on more than one line (Node joins most repeated headers with
  * ", " and keeps only the first of some) or holds a list: ids never contain a comma, so "a, b" is
- * two values however it arrived. Either way, which one routes would be a guess. The lines are
- * counted in `rawHeaders` (what `headersDistinct` holds, without building it for every header).
+ * two values however it arrived. Either way, which one routes would be a guess.
  */
 function repeatedHeader(
-  request: IncomingMessage,
+  request: CallerRequest,
   headers: RequestHeaders,
   names: readonly string[],
 ): string | undefined {
   for (const name of names) {
-    if (headers.get(name)?.includes(',') === true || receivedLines(request, name) > 1) return name;
+    if (headers.get(name)?.includes(',') === true || request.receivedLines(name) > 1) return name;
   }
   return undefined;
-}
-
-/** How many lines of the request's head carry this (lower-case) header. */
-function receivedLines(request: IncomingMessage, name: string): number {
-  const raw = request.rawHeaders;
-  let lines = 0;
-  for (let i = 0; i < raw.length; i += 2) {
-    const field = raw[i] as string;
-    if (field.length === name.length && field.toLowerCase() === name) lines += 1;
-  }
-  return lines;
 }
 
 /** Header fields as the HTTP/2 stream sends them: each value of a list is a field. */
@@ -510,8 +782,11 @@ function countFields(headers: OutgoingHttpHeaders): number {
   return count;
 }
 
-/** The declared content-length, 0 when absent (Node has already rejected a malformed one). */
-function declaredLength(request: IncomingMessage): number {
+/**
+ * The declared content-length, 0 when absent (Node has already rejected a malformed one: its
+ * HTTP/1.1 parser, and nghttp2 for HTTP/2, RFC 9113 §8.1.1).
+ */
+function declaredLength(request: CallerRequest): number {
   const length = request.headers['content-length'];
   return length === undefined ? 0 : Number(length);
 }
@@ -525,35 +800,14 @@ function firstHeader(headers: RequestHeaders, names: readonly string[]): string 
   return undefined;
 }
 
-function localReply(response: ServerResponse, local: LocalReply): void {
-  const body = Buffer.from(local.body, 'utf8');
-  response.writeHead(local.status, { ...local.headers, 'content-length': body.length });
-  response.end(body);
-}
-
-function reply(
-  response: ServerResponse,
-  status: number,
-  message: string,
-  headers: http.OutgoingHttpHeaders = {},
-): void {
-  if (response.headersSent) {
-    response.destroy();
-    return;
-  }
-  const body = `${message}\n`;
-  response.writeHead(status, {
-    ...headers,
-    'content-type': 'text/plain; charset=utf-8',
-    'content-length': Buffer.byteLength(body),
-  });
-  response.end(body);
+function localReply(to: CallerReply, local: LocalReply): void {
+  to.reply(local.status, local.headers, Buffer.from(local.body, 'utf8'));
 }
 
 /** 401 with the challenge RFC 9110 §11.6.1 requires, and RFC 6750 §3.1's error for a bad token. */
-function unauthorized(response: ServerResponse, failure: Authentication & { ok: false }): void {
+function unauthorized(to: CallerReply, failure: Authentication & { ok: false }): void {
   const challenge = failure.error === undefined ? 'Bearer' : `Bearer error="${failure.error}"`;
-  reply(response, 401, failure.reason, { 'www-authenticate': challenge });
+  reply(to, 401, failure.reason, { 'www-authenticate': challenge });
 }
 
 /**
@@ -561,235 +815,33 @@ function unauthorized(response: ServerResponse, failure: Authentication & { ok: 
  * max_header_bytes: a caller that sends bad input gets a clear answer, not a kept-alive connection
  * (which would stay open for keepAliveTimeout) or the rest of its body read.
  */
-function tooManyHeaderFields(response: ServerResponse, fields: string): void {
-  response.shouldKeepAlive = false;
+function tooManyHeaderFields(to: CallerReply, fields: string): void {
+  to.closeAfter();
   reply(
-    response,
+    to,
     431,
     `too many header fields: ${fields}, a tunnel stream carries at most ${maxRequestHeaderFields}`,
   );
 }
 
-/** 413, and the connection closes: the rest of the body is not read (RFC 9110 §15.5.14). */
-function bodyTooLarge(response: ServerResponse, maxBytes: number): void {
+/** GOAWAY: the caller's open streams finish, new ones are refused, then the session closes. */
+function closeSession(session: ServerHttp2Session): void {
+  if (!session.closed && !session.destroyed) session.close();
+}
+
+/**
+ * A response for an HTTP/1.1 request Node handed over as an upgrade whose protocol is not offered:
+ * written on the socket as Node's server would, and the connection closed after it.
+ */
+function plainResponse(request: IncomingMessage, socket: Duplex): ServerResponse {
+  const response = new http.ServerResponse(request);
   response.shouldKeepAlive = false;
-  reply(response, 413, `the request body is larger than ${maxBytes} bytes (max_body_bytes)`);
-}
-
-function hasBody(request: IncomingMessage): boolean {
-  const length = request.headers['content-length'];
-  return (
-    request.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
-  );
-}
-
-/**
- * Passes a request body on and fails once more than `maxBytes` went through. `onExceeded` runs at
- * once, before the failure reaches anything downstream, so the response side knows why the stream
- * died by the time it hears of it.
- */
-class BodyLimit extends Transform {
-  readonly #maxBytes: number;
-  readonly #onExceeded: () => void;
-  #bytes = 0;
-
-  constructor(maxBytes: number, onExceeded: () => void) {
-    super();
-    this.#maxBytes = maxBytes;
-    this.#onExceeded = onExceeded;
-  }
-
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
-    this.#bytes += chunk.length;
-    if (this.#bytes <= this.#maxBytes) {
-      done(null, chunk);
-      return;
-    }
-    this.#onExceeded();
-    done(
-      new RevtunError(
-        'ERR_BODY_TOO_LARGE',
-        `the request body passed ${this.#maxBytes} bytes (max_body_bytes)`,
-      ),
-    );
-  }
-}
-
-/**
- * Sends the request body on the stream. With a limit, the body goes through a BodyLimit that the
- * request is piped into rather than pumped from: pump() (pipeline's semantics) would destroy the request, and with
- * it the caller's connection, before a 413 could be written. Past the limit, the BodyLimit fails
- * and pump() destroys the stream, which resets it without END_STREAM (http2-stream.ts): the
- * initiator aborts the upload to its local service rather than finishing a truncated one.
- */
-function sendBody(
-  request: IncomingMessage,
-  stream: ClientHttp2Stream,
-  limit: { maxBytes: number | undefined; onExceeded: () => void },
-  logger: Logger,
-): Promise<void> {
-  const done = (error: unknown) => {
-    if (!isRevtunError(error, 'ERR_BODY_TOO_LARGE')) {
-      logger.debug({ err: error }, 'request body not fully forwarded');
-    }
-  };
-  if (limit.maxBytes === undefined) return pump(request, stream).catch(done);
-  const counted = new BodyLimit(limit.maxBytes, limit.onExceeded);
-  const onClose = () => {
-    // The caller went away mid-upload: fail the stream, never end it.
-    if (!request.complete) counted.destroy(new Error('the caller aborted the upload'));
-  };
-  request.once('close', onClose);
-  request.pipe(counted);
-  return pump(counted, stream)
-    .catch(done)
-    .finally(() => {
-      request.removeListener('close', onClose);
-      request.unpipe(counted);
-    });
-}
-
-interface ForwardOptions {
-  readonly request: IncomingMessage;
-  readonly response: ServerResponse;
-  readonly headers: OutgoingHttpHeaders;
-  readonly session: TunnelSession;
-  readonly logger: Logger;
-  readonly maxBodyBytes: number | undefined;
-  /** The deadline for the response headers (504 after it). */
-  readonly responseTimeoutMs: number;
-  /**
-   * The request may be sent again: instead of answering a failure that left the request
-   * unprocessed, `forward` returns 'retry' with nothing written to the caller.
-   */
-  readonly retryable: boolean;
-}
-
-/** Methods that may be retried (RFC 9110 §9.2.2), when they carry no body. */
-const idempotentMethods = new Set(['GET', 'HEAD', 'OPTIONS']);
-
-/**
- * The initiator never saw the stream: it was never given an id, or the initiator refused it
- * (REFUSED_STREAM, also what nghttp2 reports for streams above a GOAWAY's last stream id), which
- * RFC 9113 §8.7 guarantees was not processed.
- */
-function unprocessed(stream: ClientHttp2Stream): boolean {
-  return stream.pending || stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM;
-}
-
-/**
- * HTTP/1.1 request → HTTP/2 stream on the tunnel, and the response back. 'retry' when the request
- * is `retryable` and failed unprocessed, with nothing written to the caller; 'done' otherwise.
- */
-async function forward(options: ForwardOptions): Promise<'done' | 'retry'> {
-  const { request, response, headers, session, logger } = options;
-  const withBody = hasBody(request);
-  let stream: ClientHttp2Stream;
-  try {
-    stream = session.request(headers, { endStream: !withBody });
-  } catch (error) {
-    if (options.retryable) return 'retry';
-    reply(
-      response,
-      502,
-      `the tunnel to node ${session.identity.nodeId} failed: ${describeError(error)}`,
-    );
-    return 'done';
-  }
-  // What the response says its body is, once its headers are in: a HEAD, 204 or 304 has none.
-  let declaredLength: number | undefined;
-  const receivedEndStream = watchEndStream(stream, () => declaredLength);
-  let responded = false;
-  let tooLarge = false;
-  let timedOut = false;
-  // The response headers are due within response_timeout; the reset makes responseOf reject.
-  const responseDeadline = setTimeout(() => {
-    timedOut = true;
-    resetStream(stream, http2.constants.NGHTTP2_CANCEL, 'no response within response_timeout');
-  }, options.responseTimeoutMs);
-  stream.once('response', () => clearTimeout(responseDeadline));
-  stream.once('close', () => clearTimeout(responseDeadline));
-  // The caller went away, or its upload is still going when the response is complete: reset the
-  // stream so the initiator stops too, without ever marking a partial upload complete. A complete
-  // exchange is left alone: nghttp2 closes the stream by itself, and a reset for every request
-  // would trip the peer's rapid-reset guard (nghttp2 ends the session after ~1000 of them).
-  response.on('close', () => {
-    if (stream.closed || (responded && stream.writableEnded)) return;
-    resetStream(
-      stream,
-      http2.constants.NGHTTP2_CANCEL,
-      responded ? 'the rest of the upload is not needed' : 'the caller went away',
-    );
+  response.assignSocket(socket as Socket);
+  response.once('finish', () => {
+    response.detachSocket(socket as Socket);
+    socket.end();
   });
-  const upload = withBody
-    ? sendBody(
-        request,
-        stream,
-        {
-          maxBytes: options.maxBodyBytes,
-          onExceeded: () => {
-            tooLarge = true;
-          },
-        },
-        logger,
-      )
-    : undefined;
-  try {
-    const responseHeaders = await responseOf(stream);
-    const status = Number(responseHeaders[':status']);
-    declaredLength =
-      request.method === 'HEAD' || status === 204 || status === 304
-        ? 0
-        : contentLength(responseHeaders['content-length']);
-    const out: Record<string, string | string[]> = {};
-    forEachEndToEndHeader(responseHeaders, (name, value) => {
-      out[name] = value;
-    });
-    response.writeHead(status, out);
-    await pump(stream, response, { end: false });
-    if (!receivedEndStream()) {
-      throw new RevtunError(
-        'ERR_TUNNEL_FAILED',
-        `stream closed with code ${stream.rstCode} before END_STREAM`,
-      );
-    }
-    responded = true;
-    response.end();
-  } catch (error) {
-    if (options.retryable && !response.headersSent && !timedOut && unprocessed(stream)) {
-      logger.debug(
-        { node_id: session.identity.nodeId, err: error },
-        'the initiator did not process the request; retrying it on another tunnel',
-      );
-      return 'retry';
-    }
-    if (response.headersSent) {
-      logger.info(
-        { node_id: session.identity.nodeId, err: error },
-        tooLarge
-          ? 'request body passed max_body_bytes mid-response; caller aborted'
-          : 'tunnel failed mid-response; caller aborted',
-      );
-      response.destroy();
-    } else if (tooLarge) {
-      bodyTooLarge(response, options.maxBodyBytes ?? 0);
-    } else if (timedOut) {
-      reply(
-        response,
-        504,
-        `node ${session.identity.nodeId} did not answer within ${options.responseTimeoutMs} ms (response_timeout)`,
-      );
-    } else {
-      reply(
-        response,
-        502,
-        `the tunnel to node ${session.identity.nodeId} failed before the response: ${describeError(error)}`,
-      );
-    }
-    resetStream(stream, http2.constants.NGHTTP2_CANCEL, 'the response failed');
-  }
-  await upload;
-  return 'done';
+  return response;
 }
 
 /**
@@ -831,37 +883,4 @@ function answerClientError(
       `content-length: ${Buffer.byteLength(text)}\r\n\r\n${text}`,
     () => socket.destroy(),
   );
-}
-
-/** The stream's response headers, or a rejection if it closes or fails first. */
-function responseOf(
-  stream: ClientHttp2Stream,
-): Promise<http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader> {
-  return new Promise((resolve, reject) => {
-    const onResponse = (headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader) => {
-      cleanup();
-      resolve(headers);
-    };
-    const onError = (error: Error) => {
-      cleanup();
-      reject(error);
-    };
-    const onClose = () => {
-      cleanup();
-      reject(
-        new RevtunError(
-          'ERR_TUNNEL_FAILED',
-          `stream closed with code ${stream.rstCode} before a response`,
-        ),
-      );
-    };
-    const cleanup = () => {
-      stream.removeListener('response', onResponse);
-      stream.removeListener('error', onError);
-      stream.removeListener('close', onClose);
-    };
-    stream.on('response', onResponse);
-    stream.on('error', onError);
-    stream.on('close', onClose);
-  });
 }

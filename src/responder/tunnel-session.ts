@@ -153,9 +153,18 @@ export class TunnelSession {
     return this.#keepaliveTimedOut;
   }
 
-  /** Opens a stream; the session counts it until it closes. */
-  request(headers: OutgoingHttpHeaders, options: { endStream: boolean }): ClientHttp2Stream {
-    const stream = this.#session.request(headers, { endStream: options.endStream });
+  /**
+   * Opens a stream; the session counts it until it closes. With `waitForTrailers` the request's
+   * end is the caller's to send on 'wantTrailers' (`sendTrailers`, docs/streams.md §1).
+   */
+  request(
+    headers: OutgoingHttpHeaders,
+    options: { endStream: boolean; waitForTrailers?: boolean },
+  ): ClientHttp2Stream {
+    const stream = this.#session.request(headers, {
+      endStream: options.endStream,
+      waitForTrailers: options.waitForTrailers ?? false,
+    });
     // The caller observes failures through its own listeners; this one only keeps an unobserved
     // stream error from becoming an uncaught exception.
     stream.on('error', () => {});
