@@ -1,0 +1,206 @@
+/**
+ * WebSocket end to end (issue 7): a `ws` client reaches a `ws` server behind the initiator through
+ * both upgrade paths of the egress listener — an HTTP/1.1 `Upgrade: websocket`, and an RFC 8441
+ * extended CONNECT from an HTTP/2 caller — each carried as an extended CONNECT stream on the tunnel
+ * and turned back into an HTTP/1.1 upgrade at the local service.
+ *
+ * `ws` has no HTTP/2 client, so for the second path the test opens the extended CONNECT itself
+ * with `node:http2` and runs a `ws` client-side socket over the stream (`setSocket`, with the
+ * client role: it masks what it sends, as a client must).
+ */
+import assert from 'node:assert/strict';
+import { EventEmitter, once } from 'node:events';
+import http2 from 'node:http2';
+import { after, before, describe, it } from 'node:test';
+import WebSocket, { WebSocketServer } from 'ws';
+import type { Initiator } from '../../src/initiator/initiator.ts';
+import type { Responder } from '../../src/responder/responder.ts';
+import { connectedInitiator, responderOnFreePorts } from '../helpers/tunnels.ts';
+
+const node = 'ws-node';
+const mebibyte = 1024 * 1024;
+const largeMessageBytes = 16 * mebibyte;
+const maxPayload = 32 * mebibyte;
+
+interface Opened {
+  readonly socket: WebSocket;
+  /** The subprotocol the server chose. */
+  readonly protocol: string;
+  close(): void;
+}
+
+/** Path 1: `ws` itself, an HTTP/1.1 upgrade to the egress listener. */
+async function openOverHttp1(egressPort: number, path: string): Promise<Opened> {
+  const socket = new WebSocket(`ws://127.0.0.1:${egressPort}${path}`, ['chat.v2', 'chat.v1'], {
+    headers: { 'x-node-id': node },
+    maxPayload,
+  });
+  socket.on('error', () => {});
+  await once(socket, 'open');
+  return { socket, protocol: socket.protocol, close: () => socket.terminate() };
+}
+
+/** Path 2: an RFC 8441 extended CONNECT over h2c, with a client-role `ws` socket on the stream. */
+async function openOverHttp2(egressPort: number, path: string): Promise<Opened> {
+  const session = http2.connect(`http://127.0.0.1:${egressPort}`);
+  session.on('error', () => {});
+  const [settings] = (await once(session, 'remoteSettings')) as [http2.Settings];
+  assert.equal(settings.enableConnectProtocol, true, 'the egress listener allows extended CONNECT');
+  const stream = session.request({
+    ':method': 'CONNECT',
+    ':protocol': 'websocket',
+    ':scheme': 'http',
+    ':path': path,
+    ':authority': `127.0.0.1:${egressPort}`,
+    'sec-websocket-version': '13',
+    'sec-websocket-protocol': 'chat.v2, chat.v1',
+    'x-node-id': node,
+  });
+  stream.on('error', () => {});
+  const [headers] = (await once(stream, 'response')) as [http2.IncomingHttpHeaders];
+  assert.equal(headers[':status'], 200);
+  // ws's own constructor with no address makes a server-side socket; the client role masks frames.
+  const socket = new WebSocket(null as unknown as string, undefined, { maxPayload });
+  (socket as unknown as { _isServer: boolean })._isServer = false;
+  (
+    socket as unknown as {
+      setSocket(socket: unknown, head: Buffer, options: { maxPayload: number }): void;
+    }
+  ).setSocket(stream, Buffer.alloc(0), { maxPayload });
+  socket.on('error', () => {});
+  return {
+    socket,
+    protocol: String(headers['sec-websocket-protocol'] ?? ''),
+    close: () => {
+      socket.terminate();
+      session.destroy();
+    },
+  };
+}
+
+/** Each close the server sees: 'closed' with `{ code, reason }`. */
+const serverCloses = new EventEmitter();
+
+function startEchoServer(): Promise<WebSocketServer> {
+  const server = new WebSocketServer({
+    host: '127.0.0.1',
+    port: 0,
+    maxPayload,
+    handleProtocols: (protocols) => (protocols.has('chat.v2') ? 'chat.v2' : false),
+  });
+  server.on('connection', (socket, request) => {
+    socket.on('error', () => {});
+    socket.on('message', (data, isBinary) => {
+      const text = isBinary ? '' : (data as Buffer).toString();
+      if (text === 'close me') socket.close(4001, 'asked to close');
+      else if (text === 'where') socket.send(`${request.headers.host} ${request.url}`);
+      else socket.send(data, { binary: isBinary });
+    });
+    socket.on('close', (code, reason) =>
+      serverCloses.emit('closed', { code, reason: reason.toString() }),
+    );
+  });
+  server.on('error', () => {});
+  return once(server, 'listening').then(() => server);
+}
+
+const paths = [
+  { name: 'an HTTP/1.1 upgrade', open: openOverHttp1 },
+  { name: 'an HTTP/2 extended CONNECT (RFC 8441)', open: openOverHttp2 },
+] as const;
+
+describe('WebSocket through the tunnel', () => {
+  let server: WebSocketServer;
+  let responder: Responder;
+  let initiator: Initiator;
+  let egressPort: number;
+
+  before(async () => {
+    server = await startEchoServer();
+    const { port } = server.address() as { port: number };
+    responder = await responderOnFreePorts();
+    initiator = await connectedInitiator(responder, {
+      node,
+      routes: [{ prefix: '/', target: `http://127.0.0.1:${port}` }],
+    });
+    egressPort = responder.addresses.egress[0]!.port;
+  });
+
+  after(async () => {
+    await initiator.close();
+    await responder.close();
+    for (const client of server.clients) client.terminate();
+    await new Promise((resolve) => server.close(resolve));
+  });
+
+  for (const { name, open } of paths) {
+    describe(`over ${name}`, () => {
+      let opened: Opened;
+      before(async () => {
+        opened = await open(egressPort, '/chat?room=1');
+      });
+      after(() => opened.close());
+
+      it('negotiates the subprotocol end to end', () => {
+        assert.equal(opened.protocol, 'chat.v2');
+      });
+
+      it('reaches the local service at the path, with the caller’s host', async () => {
+        opened.socket.send('where');
+        const [data] = (await once(opened.socket, 'message')) as [Buffer];
+        assert.match(data.toString(), /^127\.0\.0\.1:\d+ \/chat\?room=1$/);
+      });
+
+      it('echoes text and binary messages', async () => {
+        opened.socket.send('hello');
+        const [text, textIsBinary] = (await once(opened.socket, 'message')) as [Buffer, boolean];
+        assert.equal(text.toString(), 'hello');
+        assert.equal(textIsBinary, false);
+        const binary = Buffer.from([0, 1, 2, 3, 255]);
+        opened.socket.send(binary);
+        const [echoed, isBinary] = (await once(opened.socket, 'message')) as [Buffer, boolean];
+        assert.ok(echoed.equals(binary));
+        assert.equal(isBinary, true);
+      });
+
+      it(`carries a ${largeMessageBytes / mebibyte} MiB message each way`, async () => {
+        const large = Buffer.alloc(largeMessageBytes);
+        for (let i = 0; i < large.length; i += 4096) large[i] = i % 251;
+        opened.socket.send(large);
+        const [echoed] = (await once(opened.socket, 'message')) as [Buffer];
+        assert.equal(echoed.length, large.length);
+        assert.ok(echoed.equals(large));
+      });
+
+      it('puts a fragmented message back together', async () => {
+        opened.socket.send('frag', { fin: false });
+        opened.socket.send('men', { fin: false });
+        opened.socket.send('ted', { fin: true });
+        const [data] = (await once(opened.socket, 'message')) as [Buffer];
+        assert.equal(data.toString(), 'fragmented');
+      });
+
+      it('answers a ping with a pong', async () => {
+        opened.socket.ping(Buffer.from('are you there'));
+        const [payload] = (await once(opened.socket, 'pong')) as [Buffer];
+        assert.equal(payload.toString(), 'are you there');
+      });
+
+      it('passes the server’s close code and reason', async () => {
+        opened.socket.send('close me');
+        const [code, reason] = (await once(opened.socket, 'close')) as [number, Buffer];
+        assert.equal(code, 4001);
+        assert.equal(reason.toString(), 'asked to close');
+      });
+    });
+
+    it(`passes the client’s close code and reason to the server, over ${name}`, async () => {
+      const opened = await open(egressPort, '/bye');
+      const serverSawClose = once(serverCloses, 'closed');
+      opened.socket.close(4002, 'client done');
+      await once(opened.socket, 'close');
+      assert.deepEqual(await serverSawClose, [{ code: 4002, reason: 'client done' }]);
+      opened.close();
+    });
+  }
+});
