@@ -100,13 +100,14 @@ class LocalExchange implements Dispatcher.DispatchHandler {
       }
       return;
     }
+    // Answered already (the route's timeout sent 504) or gone: this response has nowhere to go.
+    if (stream.destroyed || stream.closed || stream.headersSent) {
+      controller.abort(new Error('the tunnel stream was answered or closed before the response'));
+      return;
+    }
     // Passive failure detection counts what Envoy's outlier detection does: 5xx and failures.
     if (statusCode >= 500) endpoint.failed();
     else endpoint.succeeded();
-    if (stream.destroyed || stream.closed) {
-      controller.abort(new Error('the tunnel stream closed before the response'));
-      return;
-    }
     const response: OutgoingHttpHeaders = { ':status': statusCode };
     forEachEndToEndHeader(headers, (name, value) => {
       response[name] = value;
@@ -171,8 +172,8 @@ class LocalExchange implements Dispatcher.DispatchHandler {
       if (!stream.destroyed) stream.destroy(error);
       return;
     }
-    // The stream closed first: nobody is left to answer.
-    if (stream.destroyed || stream.closed) return;
+    // The stream closed, or was answered (the route's timeout), first: nobody is left to answer.
+    if (stream.destroyed || stream.closed || stream.headersSent) return;
     endpoint.failed();
     logger.warn({ target: endpoint.origin, path, err: error }, 'local service request failed');
     respondText(

@@ -221,8 +221,12 @@ class Http2Exchange {
     const stream = this.#stream;
     const local = this.#local;
     const status = Number(headers[':status']);
+    // Answered already (the route's timeout sent 504) or gone: the local stream is not needed.
+    if (stream.destroyed || stream.closed || stream.headersSent) {
+      resetStreamWith(local, NGHTTP2_CANCEL);
+      return;
+    }
     this.#report(status >= 500 ? 'failed' : 'succeeded');
-    if (stream.destroyed || stream.closed) return;
     const response: http2.OutgoingHttpHeaders = { ...endToEnd(headers), ':status': status };
     this.#responded = true;
     // Trailers-only (gRPC's way to fail a call at once): END_STREAM on the HEADERS, as it came.
@@ -255,6 +259,7 @@ class Http2Exchange {
     const stream = this.#stream;
     const code = this.#local.rstCode ?? NGHTTP2_NO_ERROR;
     if (stream.destroyed || stream.closed) return;
+    if (!this.#responded && stream.headersSent) return; // the route's timeout answered
     if (!this.#responded) {
       // No response at all: the service or its connection failed.
       this.#report('failed');

@@ -24,7 +24,7 @@ import type { Logger } from '../shared/logger.ts';
 import { respondText } from './local-common.ts';
 import { forwardHttp1 } from './local-http1.ts';
 import { forwardHttp2, Http2Endpoint } from './local-http2.ts';
-import { LocalRouteTable } from './local-routes.ts';
+import { LocalRouteTable, type LocalEndpoint } from './local-routes.ts';
 import { TcpTargets } from './local-tcp.ts';
 import { forwardWebSocket } from './local-websocket.ts';
 
@@ -88,6 +88,33 @@ export class LocalRouter {
     this.#tcpTargets.destroy();
   }
 
+  /**
+   * A route's `timeout`: the local service's response headers are due within it, counted from
+   * now (a wait for a connection included). Past it the stream is answered 504, which counts as a
+   * failure of the endpoint; the exchange then finds the stream answered and gives up its request,
+   * which the stream's close aborts too.
+   */
+  #answerLate(
+    stream: ServerHttp2Stream,
+    late: { ms: number; endpoint: LocalEndpoint<LocalClient>; hasBody: boolean },
+  ): void {
+    const timer = setTimeout(() => {
+      if (stream.headersSent || stream.closed || stream.destroyed) return;
+      late.endpoint.failed();
+      this.#logger.info(
+        { target: late.endpoint.origin, timeout_ms: late.ms },
+        'local service did not answer within the route timeout',
+      );
+      respondText(
+        stream,
+        504,
+        `local service ${late.endpoint.origin} did not answer within ${late.ms} ms (the route's timeout)`,
+        late.hasBody,
+      );
+    }, late.ms);
+    stream.once('close', () => clearTimeout(timer));
+  }
+
   #serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): void {
     const method = headers[':method'] ?? 'GET';
     const hasBody = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) === 0;
@@ -131,6 +158,9 @@ export class LocalRouter {
       return;
     }
     const client = endpoint.client;
+    if (choice.timeoutMs !== undefined && protocol === undefined) {
+      this.#answerLate(stream, { ms: choice.timeoutMs, endpoint, hasBody });
+    }
     if (protocol !== undefined) {
       if (client.protocol !== 'http1') {
         respondText(

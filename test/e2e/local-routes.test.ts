@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import { EventEmitter, once } from 'node:events';
+import http2 from 'node:http2';
+import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { Responder } from '../../src/responder/responder.ts';
 import { request, startNamedService, startService, type TestService } from '../helpers/http.ts';
@@ -82,4 +85,63 @@ describe('local routes through a tunnel', () => {
     // broken, a, broken (second failure in a row: ejected), then a only.
     assert.deepEqual(statuses, [500, 200, 500, 200, 200, 200, 200]);
   });
+});
+
+describe('a local route with a timeout', () => {
+  let responder: Responder;
+  let closeInitiator: () => Promise<void>;
+  let stalling: TestService;
+  let stallingH2: http2.Http2Server;
+  /** 'gone' once each held request is closed at the service (the initiator gave it up). */
+  const held = new EventEmitter();
+
+  before(async () => {
+    responder = await responderOnFreePorts();
+    // Never answers; reports when the initiator closes the request.
+    stalling = await startService((req, res) => {
+      res.on('close', () => held.emit('gone', 'http1'));
+    });
+    stallingH2 = http2.createServer();
+    stallingH2.on('stream', (stream) => {
+      stream.on('error', () => {});
+      stream.on('close', () => held.emit('gone', 'http2'));
+    });
+    stallingH2.listen(0, '127.0.0.1');
+    await once(stallingH2, 'listening');
+    const { port } = stallingH2.address() as AddressInfo;
+    const initiator = await connectedInitiator(responder, {
+      node: 'n1',
+      routes: [
+        { path: '/h2', target: `http://127.0.0.1:${port}`, protocol: 'http2', timeout: '200ms' },
+        { prefix: '/', target: stalling.target, timeout: '200ms' },
+      ],
+    });
+    closeInitiator = () => initiator.close();
+  });
+
+  after(async () => {
+    await closeInitiator();
+    await responder.close();
+    await stalling.close();
+    stallingH2.close();
+  });
+
+  for (const [path, kind] of [
+    ['/slow', 'http1'],
+    ['/h2', 'http2'],
+  ] as const) {
+    it(`answers 504 when the ${kind} service is late, and gives up the request there`, async () => {
+      const gone = once(held, 'gone');
+      const startedAt = Date.now();
+      const reply = await request(egressOf(responder), path, {
+        headers: { 'x-node-id': 'n1' },
+        timeoutMs: 10_000,
+      });
+      const tookMs = Date.now() - startedAt;
+      assert.equal(reply.status, 504);
+      assert.match(reply.text, /did not answer within 200 ms \(the route's timeout\)/);
+      assert.ok(tookMs >= 190 && tookMs < 5_000, `answered after ${tookMs} ms`);
+      assert.deepEqual(await gone, [kind]);
+    });
+  }
 });
