@@ -11,6 +11,7 @@
 import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
 import http2 from 'node:http2';
+import type { Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import WebSocket, { WebSocketServer } from 'ws';
 import type { Initiator } from '../../src/initiator/initiator.ts';
@@ -81,6 +82,20 @@ async function openOverHttp2(egressPort: number, path: string): Promise<Opened> 
 /** Each close the server sees: 'closed' with `{ code, reason }`. */
 const serverCloses = new EventEmitter();
 
+/**
+ * Backpressure: on `flood`, the server sends `floodBytes` in `floodFrameBytes` frames as fast as
+ * its socket drains, counting in `floodWritten` what has left it (each frame's send callback).
+ * The client reads it slowly (`readBurst`, then a pause of `pauseMs`); what the server is ahead of
+ * the client at a pause is what the sockets and the tunnel hold between them.
+ */
+const floodBytes = 128 * mebibyte;
+const floodFrameBytes = 256 * 1024;
+let floodWritten = 0;
+const readBurst = 4 * mebibyte;
+const pauseMs = 60;
+/** Kernel buffers of four sockets plus the HTTP/2 windows, with room; far below `floodBytes`. */
+const floodAheadLimit = 48 * mebibyte;
+
 function startEchoServer(): Promise<WebSocketServer> {
   const server = new WebSocketServer({
     host: '127.0.0.1',
@@ -92,7 +107,8 @@ function startEchoServer(): Promise<WebSocketServer> {
     socket.on('error', () => {});
     socket.on('message', (data, isBinary) => {
       const text = isBinary ? '' : (data as Buffer).toString();
-      if (text === 'close me') socket.close(4001, 'asked to close');
+      if (text === 'flood') flood(socket);
+      else if (text === 'close me') socket.close(4001, 'asked to close');
       else if (text === 'where') socket.send(`${request.headers.host} ${request.url}`);
       else socket.send(data, { binary: isBinary });
     });
@@ -102,6 +118,25 @@ function startEchoServer(): Promise<WebSocketServer> {
   });
   server.on('error', () => {});
   return once(server, 'listening').then(() => server);
+}
+
+function flood(socket: WebSocket): void {
+  const frame = Buffer.alloc(floodFrameBytes, 'f');
+  const raw = (socket as unknown as { _socket: Socket })._socket;
+  let queued = 0;
+  floodWritten = 0;
+  const step = () => {
+    while (queued < floodBytes) {
+      socket.send(frame, () => (floodWritten += frame.length));
+      queued += frame.length;
+      // Full: go on once the socket has drained (it will not while nobody reads).
+      if (socket.bufferedAmount > mebibyte) {
+        raw.once('drain', step);
+        return;
+      }
+    }
+  };
+  step();
 }
 
 const paths = [
@@ -178,6 +213,37 @@ describe('WebSocket through the tunnel', () => {
         opened.socket.send('ted', { fin: true });
         const [data] = (await once(opened.socket, 'message')) as [Buffer];
         assert.equal(data.toString(), 'fragmented');
+      });
+
+      it('holds a fast sender back to a slow reader, and delivers everything', async () => {
+        const socket = opened.socket;
+        let received = 0;
+        let sincePause = 0;
+        let maxAhead = 0;
+        await new Promise<void>((resolve) => {
+          const onMessage = (data: Buffer) => {
+            received += data.length;
+            sincePause += data.length;
+            if (received >= floodBytes) {
+              socket.removeListener('message', onMessage);
+              resolve();
+            } else if (sincePause >= readBurst) {
+              sincePause = 0;
+              socket.pause();
+              setTimeout(() => {
+                maxAhead = Math.max(maxAhead, floodWritten - received);
+                socket.resume();
+              }, pauseMs);
+            }
+          };
+          socket.on('message', onMessage);
+          socket.send('flood');
+        });
+        assert.equal(received, floodBytes);
+        assert.ok(
+          maxAhead < floodAheadLimit,
+          `the server was ${(maxAhead / mebibyte).toFixed(1)} MiB ahead of a slow reader`,
+        );
       });
 
       it('answers a ping with a pong', async () => {
