@@ -185,6 +185,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
           {
             address: '0.0.0.0:8085',
             no_host_id_status: 503,
+            forwarded_headers: { mode: 'none', via: false },
             stat_prefix: 'egress_http',
             host_id_headers: ['x-computed-host-id'],
             lua: { inline_code: sandboxLua },
@@ -252,7 +253,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
             connection_window: 4_194_304,
             idle_timeout: 300_000,
           },
-          forwarded_headers: { mode: 'x-forwarded', via: true, incoming: 'append' },
+          forwarded_headers: { mode: 'none', via: false, incoming: 'append' },
         },
       ],
     });
@@ -1099,6 +1100,17 @@ describe("the Envoy docs' example configs (test/fixtures/envoy/docs, copied unch
     ]);
   });
 
+  it('an egress connection manager with codec_type HTTP1 gets an egress listener without HTTP/2', () => {
+    const text = sandboxResponder.replace(
+      /( +)stat_prefix: egress_http\n/,
+      (line, indent: string) => `${line}${indent}codec_type: HTTP1\n`,
+    );
+    assert.notEqual(text, sandboxResponder);
+    const translation = translateEnvoyBootstrap(text);
+    assert.deepEqual(translation.inputs.responder?.egress_listeners[0]?.http2, { enabled: false });
+    assert.equal(translation.responder?.egress_listeners[0]?.http2.enabled, false);
+  });
+
   it('the tenant-isolation responder the docs describe (constructed) loads with tenant headers', () => {
     const translation = translateEnvoyBootstrap(
       fixture('constructed/responder-envoy-tenant-isolation.yaml'),
@@ -1111,6 +1123,7 @@ describe("the Envoy docs' example configs (test/fixtures/envoy/docs, copied unch
         {
           address: '0.0.0.0:8085',
           no_host_id_status: 503,
+          forwarded_headers: { mode: 'none', via: false },
           stat_prefix: 'egress_http',
           host_id_headers: ['x-node-id'],
           tenant_id_headers: ['x-tenant-id'],

@@ -790,7 +790,14 @@ class Translator {
       // Envoy's reverse_connection cluster finds no host for a request without a host id: 503.
       no_host_id_status: 503,
       routes,
+      // Envoy's connection manager adds no via by default, nor an x-forwarded-for of its own
+      // without use_remote_address (which the translator does not take): neither does this one.
+      forwarded_headers: { mode: 'none', via: false },
     };
+    if (listener.hcm.http1Only !== undefined) {
+      result.http2 = { enabled: false };
+      this.#note('responder', `${at}.http2.enabled`, listener.hcm.http1Only.field);
+    }
     if (listener.hcm.statPrefix !== undefined) {
       result.stat_prefix = listener.hcm.statPrefix.text;
       this.#note('responder', `${at}.stat_prefix`, listener.hcm.statPrefix.field);

@@ -20,6 +20,8 @@ export interface HttpConnectionManager {
   readonly statPrefix?: { readonly text: string; readonly field: Field };
   readonly routes: readonly Route[];
   readonly lua?: { readonly code: string; readonly field: Field };
+  /** `codec_type: HTTP1` on an egress listener: HTTP/1.1 only, no HTTP/2 beside it. */
+  readonly http1Only?: { readonly field: Field };
 }
 
 export interface RcListener {
@@ -238,9 +240,10 @@ function readHcm(
     codec.fail(
       role === 'initiator'
         ? 'must be AUTO or HTTP2: the tunnels carry HTTP/2'
-        : 'must be AUTO or HTTP1: revtun egress listeners serve HTTP/1.1',
+        : 'must be AUTO (HTTP/1.1 and HTTP/2) or HTTP1: a revtun egress listener always serves HTTP/1.1',
     );
   }
+  const http1Only = role === 'egress' && codec.present && codec.value === 'HTTP1';
   config.reject('rds', 'is not supported: revtun reads route_config only');
   const routes = readRoutes(config.get('route_config'));
   const lua = readHttpFilters(config.get('http_filters'), role);
@@ -249,6 +252,7 @@ function readHcm(
   return {
     routes,
     ...optional('lua', lua),
+    ...optional('http1Only', http1Only ? { field: codec } : undefined),
     ...optional(
       'statPrefix',
       statPrefix === undefined ? undefined : { text: statPrefix, field: statPrefixField },
