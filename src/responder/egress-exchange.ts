@@ -14,7 +14,7 @@ import http, {
 import http2, { type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { Duplex, Readable, Writable } from 'node:stream';
-import { resetStream } from '../shared/http2-stream.ts';
+import { resetStream, stopUpload } from '../shared/http2-stream.ts';
 
 /** The request side: what the checks read. */
 export interface CallerRequest {
@@ -344,8 +344,9 @@ export class Http2Exchange implements CallerExchange {
     );
     if (!bodiless) stream.end(body);
     // The caller may still be sending a body nobody will read: RST_STREAM(NO_ERROR) after the
-    // response tells it to stop (RFC 9113 §8.1).
-    if (!stream.readableEnded) stream.close(http2.constants.NGHTTP2_NO_ERROR);
+    // response tells it to stop (RFC 9113 §8.1), once the response has left (stopUpload: a reset
+    // sent at once overtakes it, and on Node 22 the caller gets no response at all).
+    stopUpload(stream);
   }
 
   sendContinue(): void {
