@@ -283,11 +283,8 @@ function sendBody(
     }
   };
   const body = exchange.body;
-  // An HTTP/2 caller's stream carries its response too: pump() would reset it on a tunnel failure
-  // before the 502 or 504 could go out, so its body is piped like a limited one.
-  if (limit.maxBytes === undefined && exchange.version !== '2') {
-    return pump(body, stream).catch(done);
-  }
+  // Piped, not pumped: pump() would destroy the caller's body on a tunnel failure, and with it
+  // the HTTP/1.1 connection or the HTTP/2 stream that is to carry the 502 or 504.
   const counted = new BodyLimit(limit.maxBytes ?? Number.POSITIVE_INFINITY, limit.onExceeded);
   const onClose = () => {
     // The caller went away mid-upload: fail the stream, never end it.

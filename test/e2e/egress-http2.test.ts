@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import http from 'node:http';
 import http2, { type ClientHttp2Session } from 'node:http2';
 import { after, before, describe, it } from 'node:test';
 import { startResponder, type Responder } from '../../src/responder/responder.ts';
@@ -339,6 +340,31 @@ describe('HTTP/2 callers on a cleartext egress listener', () => {
     } finally {
       session.destroy();
     }
+  });
+
+  it('answers an HTTP/1.1 caller 504 in the middle of its upload, not a bare reset', async () => {
+    handler = (stream) => {
+      stream.resume();
+    };
+    const { host, port } = egress(2);
+    const upload = http.request({
+      host,
+      port,
+      method: 'POST',
+      path: '/upload',
+      headers: { 'x-node-id': 'n1', 'transfer-encoding': 'chunked' },
+      agent: false,
+    });
+    const status = await new Promise<number>((resolve, reject) => {
+      upload.once('response', (response) => {
+        response.resume();
+        resolve(response.statusCode ?? 0);
+      });
+      upload.once('error', (error) => reject(new Error(`no response: ${error.message}`)));
+      upload.write('the first part of a body that never ends');
+    });
+    assert.equal(status, 504);
+    upload.destroy();
   });
 
   it('streams server-sent events to an HTTP/2 caller one at a time', async () => {
