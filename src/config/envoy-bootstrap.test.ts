@@ -241,6 +241,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
           request_timeout: 300_000,
           headers_timeout: 60_000,
           response_timeout: 60_000,
+          websocket_idle_timeout: 300_000,
           max_header_bytes: 16_384,
           refused_status: 403,
           http2: {

@@ -302,6 +302,7 @@ describe('parseConfigText', () => {
           no_host_id_status: 400,
           headers_timeout: 60_000,
           response_timeout: 60_000,
+          websocket_idle_timeout: 300_000,
           max_header_bytes: 16_384,
           refused_status: 403,
           host_id_headers: ['x-node-id', 'x-remote-node-id', 'x-cluster-id', 'x-dst-cluster-uuid'],
@@ -510,6 +511,7 @@ describe('parseConfigText', () => {
           request_timeout: 3_600_000,
           headers_timeout: 5000,
           response_timeout: 90_000,
+          websocket_idle_timeout: 120_000,
           max_header_bytes: 4096,
           max_body_bytes: 1_048_576,
           tls: {

@@ -757,6 +757,13 @@ export const responderSchema = z
            * begun may stream for as long as it likes.
            */
           response_timeout: duration(100, 3_600_000).prefault('60s'),
+          /**
+           * A WebSocket with no bytes either way for this long is closed (the caller's connection
+           * or stream reset, the tunnel stream cancelled), as Envoy's stream_idle_timeout (also
+           * 5 min) closes an idle upgraded stream. Applications that idle longer send pings. `0s`:
+           * no limit.
+           */
+          websocket_idle_timeout: duration(0, 86_400_000).prefault('5m'),
           /** Largest request head, bytes; beyond it 431. */
           max_header_bytes: z
             .int()

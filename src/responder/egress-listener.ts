@@ -481,7 +481,13 @@ export class EgressListener {
     };
     for (const name of webSocketHopFields) delete headers[name];
     headers['sec-websocket-version'] = '13';
-    return { session, headers, logger, responseTimeoutMs: config.response_timeout };
+    return {
+      session,
+      headers,
+      logger,
+      responseTimeoutMs: config.response_timeout,
+      idleTimeoutMs: config.websocket_idle_timeout,
+    };
   }
 
   /** A WebSocket: the checks, one session, and the rest is egress-upgrade.ts's. */

@@ -111,6 +111,7 @@ function targetFor(session: TunnelSession, path: string, extra: http2.OutgoingHt
     },
     logger: silentLogger,
     responseTimeoutMs: 500,
+    idleTimeoutMs: 0,
   } satisfies UpgradeTarget;
 }
 

@@ -20,7 +20,7 @@ import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import type { Logger } from '../shared/logger.ts';
 import { resetStreamWith, stopUpload } from '../shared/http2-stream.ts';
 import { pump } from '../shared/pump.ts';
-import { splice } from '../shared/splice.ts';
+import { resetSocket, splice } from '../shared/splice.ts';
 import { websocketAccept } from '../shared/websocket.ts';
 import type { TunnelSession } from './tunnel-session.ts';
 
@@ -35,6 +35,8 @@ export interface UpgradeTarget {
   readonly logger: Logger;
   /** The deadline for the initiator's answer to the CONNECT, ms (the listener's response_timeout). */
   readonly responseTimeoutMs: number;
+  /** An open WebSocket with no bytes either way for this long is closed, ms; 0: never. */
+  readonly idleTimeoutMs: number;
 }
 
 /**
@@ -112,6 +114,26 @@ function answerHeaders(headers: IncomingHttpHeaders): Record<string, string | st
     if (!perHopFields.has(name) && name !== 'content-length') kept[name] = value;
   });
   return kept;
+}
+
+/**
+ * `websocket_idle_timeout`: the caller's socket or stream timer restarts on every read and write,
+ * so only a WebSocket with no bytes either way for that long is closed. Destroying the caller's
+ * side makes the splice reset the tunnel stream (CANCEL), and the initiator closes its connection.
+ */
+function closeWhenIdle(caller: Duplex | ServerHttp2Stream, target: UpgradeTarget): void {
+  if (target.idleTimeoutMs <= 0) return;
+  // An HTTP/1.1 caller's is a net.Socket (or TLS socket), an HTTP/2 caller's an Http2Stream: both
+  // have the timer.
+  const timed = caller as { setTimeout?: (ms: number, onTimeout: () => void) => unknown };
+  timed.setTimeout?.(target.idleTimeoutMs, () => {
+    target.logger.debug(
+      { node_id: target.session.identity.nodeId, idle_ms: target.idleTimeoutMs },
+      'WebSocket idle for websocket_idle_timeout; closing it',
+    );
+    if ('rstCode' in caller) resetStreamWith(caller, http2.constants.NGHTTP2_CANCEL);
+    else resetSocket(caller);
+  });
 }
 
 /**
@@ -308,6 +330,7 @@ async function upgrade(
     if (typeof value === 'string') lines.push(`${name}: ${value}`);
   }
   socket.write(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
+  closeWhenIdle(socket, target);
   const startedAt = Date.now();
   const result = await splice(socket, stream, {
     head,
@@ -370,6 +393,7 @@ async function extendedConnect(caller: ServerHttp2Stream, target: UpgradeTarget)
     }
     return;
   }
+  closeWhenIdle(caller, target);
   const startedAt = Date.now();
   const result = await splice(caller, stream, { resetCode: http2.constants.NGHTTP2_CANCEL });
   logger.debug(

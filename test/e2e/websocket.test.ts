@@ -270,3 +270,57 @@ describe('WebSocket through the tunnel', () => {
     });
   }
 });
+
+describe('websocket_idle_timeout', () => {
+  let server: WebSocketServer;
+  let responder: Responder;
+  let initiator: Initiator;
+  let egressPort: number;
+  const idleMs = 300;
+
+  before(async () => {
+    server = await startEchoServer();
+    const { port } = server.address() as { port: number };
+    responder = await responderOnFreePorts({
+      egress_listeners: [{ address: '127.0.0.1:0', websocket_idle_timeout: `${idleMs}ms` }],
+    });
+    initiator = await connectedInitiator(responder, {
+      node,
+      routes: [{ prefix: '/', target: `http://127.0.0.1:${port}` }],
+    });
+    egressPort = responder.addresses.egress[0]!.port;
+  });
+
+  after(async () => {
+    await initiator.close();
+    await responder.close();
+    for (const client of server.clients) client.terminate();
+    await new Promise((resolve) => server.close(resolve));
+  });
+
+  for (const { name, open } of paths) {
+    it(`closes a WebSocket idle for it and keeps a busy one, over ${name}`, async () => {
+      const idle = await open(egressPort, '/idle');
+      const busy = await open(egressPort, '/busy');
+      const openedAt = Date.now();
+      const idleClosed = once(idle.socket, 'close').then(([code]) => ({
+        code: code as number,
+        afterMs: Date.now() - openedAt,
+      }));
+      // The busy one talks every idleMs / 3, for three times idleMs: its timer keeps restarting.
+      for (let turn = 0; turn < 9; turn += 1) {
+        busy.socket.send(`turn ${turn}`);
+        const [echo] = (await once(busy.socket, 'message')) as [Buffer];
+        assert.equal(echo.toString(), `turn ${turn}`);
+        await new Promise((resolve) => setTimeout(resolve, idleMs / 3));
+      }
+      const { code, afterMs } = await idleClosed;
+      // Not a clean close: the connection was cut (1006 to a ws client).
+      assert.equal(code, 1006);
+      assert.ok(afterMs >= idleMs - 20 && afterMs < 5_000, `closed after ${afterMs} ms`);
+      assert.equal(busy.socket.readyState, WebSocket.OPEN);
+      idle.close();
+      busy.close();
+    });
+  }
+});
