@@ -260,6 +260,14 @@ const handshakeHeader = z
     }
   });
 
+/** An HTTP/2 flow-control window, bytes: from HTTP/2's initial 65 535 to its largest, 2^31 − 1. */
+const windowSize = (defaultBytes: number) =>
+  z
+    .int()
+    .min(65_535)
+    .max(2 ** 31 - 1)
+    .default(defaultBytes);
+
 /** HTTP/2 limits of a tunnel's session, on either side (Node's http2 session options). */
 const http2Limits = z.strictObject({
   /** SETTINGS_MAX_HEADER_LIST_SIZE: the largest header block accepted, bytes. */
@@ -280,16 +288,8 @@ const http2Limits = z.strictObject({
    * this side reads, so they bound memory too; HTTP/2's 64 KiB default caps one stream at one
    * window per round trip.
    */
-  stream_window: z
-    .int()
-    .min(65_535)
-    .max(2 ** 31 - 1)
-    .default(1024 * 1024),
-  connection_window: z
-    .int()
-    .min(65_535)
-    .max(2 ** 31 - 1)
-    .default(4 * 1024 * 1024),
+  stream_window: windowSize(1024 * 1024),
+  connection_window: windowSize(4 * 1024 * 1024),
   /** SETTINGS_MAX_FRAME_SIZE: the largest frame this side accepts, bytes. */
   max_frame_size: z
     .int()
@@ -795,17 +795,9 @@ export const responderSchema = z
               /** Streams refused before a caller's session is closed. Default 100. */
               max_rejected_streams: z.int().min(0).max(100_000).default(100),
               /** Receive window announced per stream (SETTINGS_INITIAL_WINDOW_SIZE), bytes. Default 1 MiB. */
-              stream_window: z
-                .int()
-                .min(65_535)
-                .max(2 ** 31 - 1)
-                .default(1024 * 1024),
+              stream_window: windowSize(1024 * 1024),
               /** Receive window of a caller's whole session (WINDOW_UPDATE on stream 0), bytes. Default 4 MiB. */
-              connection_window: z
-                .int()
-                .min(65_535)
-                .max(2 ** 31 - 1)
-                .default(4 * 1024 * 1024),
+              connection_window: windowSize(4 * 1024 * 1024),
               /**
                * A caller's session with no frame at all for this long is closed (GOAWAY). Default
                * 300s. Streams that are quiet but open (a server-sent-events response between two

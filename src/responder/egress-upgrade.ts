@@ -116,6 +116,31 @@ function answerHeaders(headers: IncomingHttpHeaders): Record<string, string | st
   return kept;
 }
 
+/** The open WebSocket, both ways until both end (shared/splice.ts), then one line of figures. */
+async function carry(
+  caller: Duplex | ServerHttp2Stream,
+  stream: ClientHttp2Stream,
+  target: UpgradeTarget,
+  head?: Buffer,
+): Promise<void> {
+  closeWhenIdle(caller, target);
+  const startedAt = Date.now();
+  const result = await splice(caller, stream, {
+    head,
+    resetCode: http2.constants.NGHTTP2_CANCEL,
+  });
+  target.logger.debug(
+    {
+      node_id: target.session.identity.nodeId,
+      rx_bytes: result.rxBytes,
+      tx_bytes: result.txBytes,
+      duration_ms: Date.now() - startedAt,
+      outcome: result.outcome,
+    },
+    'websocket closed',
+  );
+}
+
 /**
  * `websocket_idle_timeout`: the caller's socket or stream timer restarts on every read and write,
  * so only a WebSocket with no bytes either way for that long is closed. Destroying the caller's
@@ -290,7 +315,7 @@ async function upgrade(
   head: Buffer,
   target: UpgradeTarget,
 ): Promise<void> {
-  const { session, logger, responseTimeoutMs } = target;
+  const { session, responseTimeoutMs } = target;
   const node = session.identity.nodeId;
   const connected = await connectAnswered(target, socket, (status, text) =>
     answerRaw(socket, status, plainText, text),
@@ -330,22 +355,7 @@ async function upgrade(
     if (typeof value === 'string') lines.push(`${name}: ${value}`);
   }
   socket.write(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
-  closeWhenIdle(socket, target);
-  const startedAt = Date.now();
-  const result = await splice(socket, stream, {
-    head,
-    resetCode: http2.constants.NGHTTP2_CANCEL,
-  });
-  logger.debug(
-    {
-      node_id: node,
-      rx_bytes: result.rxBytes,
-      tx_bytes: result.txBytes,
-      duration_ms: Date.now() - startedAt,
-      outcome: result.outcome,
-    },
-    'websocket closed',
-  );
+  await carry(socket, stream, target, head);
 }
 
 function noConnectProtocol(node: string): string {
@@ -367,8 +377,6 @@ export function forwardExtendedConnect(caller: ServerHttp2Stream, target: Upgrad
 }
 
 async function extendedConnect(caller: ServerHttp2Stream, target: UpgradeTarget): Promise<void> {
-  const { session, logger } = target;
-  const node = session.identity.nodeId;
   // Nothing is read from the caller before the tunnel stream is there to take it.
   caller.pause();
   const refuse = (status: number, text: string) => {
@@ -393,17 +401,5 @@ async function extendedConnect(caller: ServerHttp2Stream, target: UpgradeTarget)
     }
     return;
   }
-  closeWhenIdle(caller, target);
-  const startedAt = Date.now();
-  const result = await splice(caller, stream, { resetCode: http2.constants.NGHTTP2_CANCEL });
-  logger.debug(
-    {
-      node_id: node,
-      rx_bytes: result.rxBytes,
-      tx_bytes: result.txBytes,
-      duration_ms: Date.now() - startedAt,
-      outcome: result.outcome,
-    },
-    'websocket closed',
-  );
+  await carry(caller, stream, target);
 }

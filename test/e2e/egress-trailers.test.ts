@@ -16,6 +16,7 @@ import type { HostPort } from '../../src/shared/address.ts';
 import { FakeInitiator } from '../helpers/fake-initiator.ts';
 import { connectH2, h2Request } from '../helpers/h2-client.ts';
 import { tunnelsRegistered } from '../helpers/tunnels.ts';
+import { bytesMethod } from '../helpers/grpc-bytes.ts';
 
 type Handler = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => void;
 
@@ -305,26 +306,7 @@ describe('a gRPC client through an h2c egress listener', () => {
   /** A generic client: messages are raw bytes, so no .proto is needed. */
   function echoClient(): grpc.Client {
     const Client = grpc.makeGenericClientConstructor(
-      {
-        Say: {
-          path: '/test.Echo/Say',
-          requestStream: false,
-          responseStream: false,
-          requestSerialize: (value: Buffer) => value,
-          requestDeserialize: (value: Buffer) => value,
-          responseSerialize: (value: Buffer) => value,
-          responseDeserialize: (value: Buffer) => value,
-        },
-        Missing: {
-          path: '/test.Echo/Missing',
-          requestStream: false,
-          responseStream: false,
-          requestSerialize: (value: Buffer) => value,
-          requestDeserialize: (value: Buffer) => value,
-          responseSerialize: (value: Buffer) => value,
-          responseDeserialize: (value: Buffer) => value,
-        },
-      },
+      { Say: bytesMethod('test.Echo', 'Say'), Missing: bytesMethod('test.Echo', 'Missing') },
       'Echo',
     );
     const { port } = responder.addresses.egress[0]!;

@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import type { Initiator } from '../../src/initiator/initiator.ts';
 import type { Responder } from '../../src/responder/responder.ts';
+import { echoServiceOf } from '../helpers/grpc-bytes.ts';
 import { connectedInitiator, responderOnFreePorts } from '../helpers/tunnels.ts';
 
 const node = 'grpc-node';
@@ -19,31 +20,7 @@ const mebibyte = 1024 * 1024;
 const largeMessageBytes = 8 * mebibyte;
 const maxMessageBytes = 16 * mebibyte;
 
-const bytes = {
-  serialize: (value: Buffer) => value,
-  deserialize: (value: Buffer) => value,
-};
-
-function method(name: string, requestStream: boolean, responseStream: boolean) {
-  return {
-    path: `/revtun.test.Echo/${name}`,
-    requestStream,
-    responseStream,
-    requestSerialize: bytes.serialize,
-    requestDeserialize: bytes.deserialize,
-    responseSerialize: bytes.serialize,
-    responseDeserialize: bytes.deserialize,
-  };
-}
-
-const echoService = {
-  unary: method('Unary', false, false),
-  fail: method('Fail', false, false),
-  slow: method('Slow', false, false),
-  serverStream: method('ServerStream', false, true),
-  clientStream: method('ClientStream', true, false),
-  bidi: method('Bidi', true, true),
-} satisfies grpc.ServiceDefinition;
+const echoService = echoServiceOf('revtun.test.Echo');
 
 /** What the server saw of calls that ended early, for the deadline and cancellation tests. */
 const serverSaw = {

@@ -14,33 +14,9 @@ import {
   type Relay,
   type RouterHarness,
 } from '../helpers/local-harness.ts';
+import { echoServiceOf } from '../helpers/grpc-bytes.ts';
 
-const identity = (buffer: Buffer): Buffer => buffer;
-
-function method(
-  name: string,
-  requestStream: boolean,
-  responseStream: boolean,
-): grpc.MethodDefinition<Buffer, Buffer> {
-  return {
-    path: `/test.Echo/${name}`,
-    requestStream,
-    responseStream,
-    requestSerialize: identity,
-    requestDeserialize: identity,
-    responseSerialize: identity,
-    responseDeserialize: identity,
-  };
-}
-
-const echoService = {
-  unary: method('Unary', false, false),
-  fail: method('Fail', false, false),
-  slow: method('Slow', false, false),
-  serverStream: method('ServerStream', false, true),
-  clientStream: method('ClientStream', true, false),
-  bidi: method('Bidi', true, true),
-} satisfies grpc.ServiceDefinition;
+const echoService = echoServiceOf('test.Echo');
 
 type EchoClient = grpc.Client & {
   unary: (

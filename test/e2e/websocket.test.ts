@@ -14,8 +14,7 @@ import http2 from 'node:http2';
 import type { Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import WebSocket, { WebSocketServer } from 'ws';
-import type { Initiator } from '../../src/initiator/initiator.ts';
-import type { Responder } from '../../src/responder/responder.ts';
+import type { ResponderConfigInput } from '../../src/config/schema.ts';
 import { connectedInitiator, responderOnFreePorts } from '../helpers/tunnels.ts';
 
 const node = 'ws-node';
@@ -144,29 +143,38 @@ const paths = [
   { name: 'an HTTP/2 extended CONNECT (RFC 8441)', open: openOverHttp2 },
 ] as const;
 
+/** An echo server behind an initiator, and a responder in front of it; `close()` stops all three. */
+async function startFixture(
+  egress: ResponderConfigInput['egress_listeners'] = [{ address: '127.0.0.1:0' }],
+): Promise<{ egressPort: number; close(): Promise<void> }> {
+  const server = await startEchoServer();
+  const { port } = server.address() as { port: number };
+  const responder = await responderOnFreePorts({ egress_listeners: egress });
+  const initiator = await connectedInitiator(responder, {
+    node,
+    routes: [{ prefix: '/', target: `http://127.0.0.1:${port}` }],
+  });
+  return {
+    egressPort: responder.addresses.egress[0]!.port,
+    close: async () => {
+      await initiator.close();
+      await responder.close();
+      for (const client of server.clients) client.terminate();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
 describe('WebSocket through the tunnel', () => {
-  let server: WebSocketServer;
-  let responder: Responder;
-  let initiator: Initiator;
+  let fixture: Awaited<ReturnType<typeof startFixture>>;
   let egressPort: number;
 
   before(async () => {
-    server = await startEchoServer();
-    const { port } = server.address() as { port: number };
-    responder = await responderOnFreePorts();
-    initiator = await connectedInitiator(responder, {
-      node,
-      routes: [{ prefix: '/', target: `http://127.0.0.1:${port}` }],
-    });
-    egressPort = responder.addresses.egress[0]!.port;
+    fixture = await startFixture();
+    egressPort = fixture.egressPort;
   });
 
-  after(async () => {
-    await initiator.close();
-    await responder.close();
-    for (const client of server.clients) client.terminate();
-    await new Promise((resolve) => server.close(resolve));
-  });
+  after(() => fixture.close());
 
   for (const { name, open } of paths) {
     describe(`over ${name}`, () => {
@@ -272,31 +280,18 @@ describe('WebSocket through the tunnel', () => {
 });
 
 describe('websocket_idle_timeout', () => {
-  let server: WebSocketServer;
-  let responder: Responder;
-  let initiator: Initiator;
+  let fixture: Awaited<ReturnType<typeof startFixture>>;
   let egressPort: number;
   const idleMs = 300;
 
   before(async () => {
-    server = await startEchoServer();
-    const { port } = server.address() as { port: number };
-    responder = await responderOnFreePorts({
-      egress_listeners: [{ address: '127.0.0.1:0', websocket_idle_timeout: `${idleMs}ms` }],
-    });
-    initiator = await connectedInitiator(responder, {
-      node,
-      routes: [{ prefix: '/', target: `http://127.0.0.1:${port}` }],
-    });
-    egressPort = responder.addresses.egress[0]!.port;
+    fixture = await startFixture([
+      { address: '127.0.0.1:0', websocket_idle_timeout: `${idleMs}ms` },
+    ]);
+    egressPort = fixture.egressPort;
   });
 
-  after(async () => {
-    await initiator.close();
-    await responder.close();
-    for (const client of server.clients) client.terminate();
-    await new Promise((resolve) => server.close(resolve));
-  });
+  after(() => fixture.close());
 
   for (const { name, open } of paths) {
     it(`closes a WebSocket idle for it and keeps a busy one, over ${name}`, async () => {
