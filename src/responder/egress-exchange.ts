@@ -14,7 +14,7 @@ import http, {
 import http2, { type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { Duplex, Readable, Writable } from 'node:stream';
-import { resetStream, stopUpload } from '../shared/http2-stream.ts';
+import { contentLength, resetStream, stopUpload, watchEndStream } from '../shared/http2-stream.ts';
 
 /** The request side: what the checks read. */
 export interface CallerRequest {
@@ -70,7 +70,12 @@ export interface CallerExchange extends CallerRequest, CallerReply {
   end(trailers: OutgoingHttpHeaders | undefined): boolean;
   /** Fails the response so the caller can never take it for whole. */
   abort(reason: string): void;
-  /** Runs once the exchange is over on the caller's side, complete or not. */
+  /** The caller's side is closed (its connection or stream): nobody is left to answer. */
+  readonly gone: boolean;
+  /**
+   * Runs once the exchange is over on the caller's side, complete or not; at once if it is over
+   * already.
+   */
   onClose(listener: () => void): void;
 }
 
@@ -197,8 +202,13 @@ export class Http1Exchange extends Http1Request implements CallerExchange {
     this.response.destroy();
   }
 
+  get gone(): boolean {
+    return this.response.destroyed || this.request.socket.destroyed;
+  }
+
   onClose(listener: () => void): void {
-    this.response.once('close', listener);
+    if (this.gone) listener();
+    else this.response.once('close', listener);
   }
 }
 
@@ -249,6 +259,8 @@ export class Http2Exchange implements CallerExchange {
   readonly expectsContinue: boolean;
   readonly hasBody: boolean;
   readonly #rawHeaders: readonly string[];
+  /** Whether the caller's upload ended with END_STREAM, not a reset that Node also ends with. */
+  readonly #endedByPeer: () => boolean;
   #trailers: IncomingHttpHeaders | undefined;
   #responseTrailers: OutgoingHttpHeaders | undefined;
 
@@ -272,6 +284,7 @@ export class Http2Exchange implements CallerExchange {
     this.headers = fields;
     this.expectsContinue = String(headers.expect ?? '').toLowerCase() === '100-continue';
     this.hasBody = !stream.endAfterHeaders;
+    this.#endedByPeer = watchEndStream(stream, () => contentLength(headers['content-length']));
     stream.once('trailers', (trailers: http2.IncomingHttpHeaders) => {
       this.#trailers = nonEmpty(trailers);
     });
@@ -314,7 +327,7 @@ export class Http2Exchange implements CallerExchange {
   }
 
   get bodyComplete(): boolean {
-    return this.stream.readableEnded;
+    return this.stream.readableEnded && this.#endedByPeer();
   }
 
   get trailers(): IncomingHttpHeaders | undefined {
@@ -380,8 +393,13 @@ export class Http2Exchange implements CallerExchange {
     resetStream(this.stream, http2.constants.NGHTTP2_INTERNAL_ERROR, reason);
   }
 
+  get gone(): boolean {
+    return this.stream.destroyed || this.stream.closed;
+  }
+
   onClose(listener: () => void): void {
-    this.stream.once('close', listener);
+    if (this.gone) listener();
+    else this.stream.once('close', listener);
   }
 }
 

@@ -290,12 +290,21 @@ function sendBody(
     // The caller went away mid-upload: fail the stream, never end it.
     if (!exchange.bodyComplete) counted.destroy(new Error('the caller aborted the upload'));
   };
+  // The body's end is an end only when the caller really ended it: Node also ends an HTTP/2
+  // stream's readable side at a reset (http2-stream.ts watchEndStream), and a cut-off upload must
+  // reach the initiator as a reset, never as END_STREAM.
+  const onEnd = () => {
+    if (exchange.bodyComplete) counted.end();
+    else counted.destroy(new Error('the caller reset its upload'));
+  };
   body.once('close', onClose);
-  body.pipe(counted);
+  body.once('end', onEnd);
+  body.pipe(counted, { end: false });
   return pump(counted, stream)
     .catch(done)
     .finally(() => {
       body.removeListener('close', onClose);
+      body.removeListener('end', onEnd);
       body.unpipe(counted);
     });
 }

@@ -11,6 +11,7 @@ import http from 'node:http';
 import http2, { type ClientHttp2Session } from 'node:http2';
 import { after, before, describe, it } from 'node:test';
 import { startResponder, type Responder } from '../../src/responder/responder.ts';
+import { watchEndStream } from '../../src/shared/http2-stream.ts';
 import type { HostPort } from '../../src/shared/address.ts';
 import { envoyHandshakeRequest, FakeInitiator } from '../helpers/fake-initiator.ts';
 import { clientPreface, emptySettings, frameType, readFrame } from '../helpers/h2-frames.ts';
@@ -337,6 +338,39 @@ describe('HTTP/2 callers on a cleartext egress listener', () => {
       });
       assert.equal(status, 504);
       stream.close();
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it('resets the tunnel stream, never ends it, when an HTTP/2 caller resets its upload', async () => {
+    const seen = signal<{ endStream: boolean; rstCode: number; bytes: number }>();
+    const reached = signal<void>();
+    handler = (stream) => {
+      const endStream = watchEndStream(stream);
+      let bytes = 0;
+      stream.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+        reached.resolve();
+      });
+      stream.on('close', () =>
+        seen.resolve({ endStream: endStream(), rstCode: stream.rstCode, bytes }),
+      );
+    };
+    const session = await connectH2(egress());
+    try {
+      const upload = session.request(
+        { ':path': '/upload', ':method': 'POST', 'x-node-id': 'n1' },
+        { endStream: false },
+      );
+      upload.on('error', () => {});
+      upload.write('the first part of an upload that is cut off');
+      await reached.promise;
+      upload.close(http2.constants.NGHTTP2_CANCEL);
+      const { endStream, rstCode, bytes } = await seen.promise;
+      assert.ok(bytes > 0);
+      assert.equal(endStream, false, 'a cut-off upload must not reach the initiator as whole');
+      assert.notEqual(rstCode, http2.constants.NGHTTP2_NO_ERROR);
     } finally {
       session.destroy();
     }
