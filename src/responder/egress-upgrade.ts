@@ -18,7 +18,7 @@ import http2, {
 import type { Duplex } from 'node:stream';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import type { Logger } from '../shared/logger.ts';
-import { resetStreamWith, stopUpload } from '../shared/http2-stream.ts';
+import { resetStreamWith, stopUpload, watchEndStream } from '../shared/http2-stream.ts';
 import { pump } from '../shared/pump.ts';
 import { resetSocket, splice } from '../shared/splice.ts';
 import { websocketAccept } from '../shared/websocket.ts';
@@ -98,9 +98,18 @@ function connectHeaders(target: UpgradeTarget): OutgoingHttpHeaders {
 }
 
 /** The extended CONNECT on the tunnel, or undefined if the session closed since it was handed out. */
+/**
+ * Whether each open CONNECT's answer really ended with END_STREAM (watched from its opening):
+ * Node also ends a stream's readable side at a reset, and a cut-off refusal must not reach the
+ * caller as a whole one.
+ */
+const endedByPeer = new WeakMap<ClientHttp2Stream, () => boolean>();
+
 function openConnect(target: UpgradeTarget): ClientHttp2Stream | undefined {
   try {
-    return target.session.request(connectHeaders(target), { endStream: false });
+    const stream = target.session.request(connectHeaders(target), { endStream: false });
+    endedByPeer.set(stream, watchEndStream(stream));
+    return stream;
   } catch (error) {
     target.logger.debug({ err: error }, 'could not open a WebSocket stream on the tunnel');
     return undefined;
@@ -250,7 +259,8 @@ function refusalBody(stream: ClientHttp2Stream, ms: number): Promise<Buffer | un
       if (size > maxRefusalBodyBytes) done(undefined);
       else chunks.push(chunk);
     };
-    const onEnd = () => done(Buffer.concat(chunks));
+    const onEnd = () =>
+      done(endedByPeer.get(stream)?.() === true ? Buffer.concat(chunks) : undefined);
     const onClose = () => done(undefined);
     const timer = setTimeout(() => done(undefined), ms);
     stream.on('data', onData);
@@ -394,10 +404,16 @@ async function extendedConnect(caller: ServerHttp2Stream, target: UpgradeTarget)
     // more, and the caller is asked to stop sending once the answer is complete.
     stream.end();
     try {
-      await pump(stream, caller);
-      stopUpload(caller);
+      await pump(stream, caller, { end: false });
     } catch {
       // pump destroyed both: the caller sees a reset, never a cut-off answer taken as whole.
+      return;
+    }
+    if (endedByPeer.get(stream)?.() === true) {
+      caller.end();
+      stopUpload(caller);
+    } else {
+      resetStreamWith(caller, http2.constants.NGHTTP2_CANCEL);
     }
     return;
   }
