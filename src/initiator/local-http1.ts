@@ -105,6 +105,11 @@ class LocalExchange implements Dispatcher.DispatchHandler {
       controller.abort(new Error('the tunnel stream was answered or closed before the response'));
       return;
     }
+    if (statusCode > 599) {
+      // RFC 9110 §15 ends at 599, and respond() throws past it: a 502 (onResponseError) instead.
+      controller.abort(new Error(`the local service answered with status ${statusCode}`));
+      return;
+    }
     // Passive failure detection counts what Envoy's outlier detection does: 5xx and failures.
     if (statusCode >= 500) endpoint.failed();
     else endpoint.succeeded();
@@ -112,7 +117,6 @@ class LocalExchange implements Dispatcher.DispatchHandler {
     forEachEndToEndHeader(headers, (name, value) => {
       response[name] = value;
     });
-    this.#responded = true;
     stream.on('drain', this.#onDrain);
     // Trailers can only follow a chunked body (RFC 9112 §7.1.2). Waiting for them means the stream
     // ends only at sendTrailers(), which onResponseEnd always calls, with {} when none came (Node
@@ -123,6 +127,8 @@ class LocalExchange implements Dispatcher.DispatchHandler {
         .toLowerCase()
         .includes('chunked');
     stream.respond(response, { waitForTrailers: this.#waitForTrailers });
+    // Only once it is out: a respond() that throws leaves a 502 to onResponseError.
+    this.#responded = true;
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {

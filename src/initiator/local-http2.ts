@@ -146,7 +146,8 @@ export function forwardHttp2(
   });
   const local = client.request(outgoing, { endStream: !hasBody, waitForTrailers: hasBody });
   if (local instanceof Error) {
-    endpoint.failed();
+    // The initiator's own limits (the service's stream limit reached, shutting down) are not the
+    // service failing: they are not charged to the endpoint (Envoy's circuit breakers are not).
     logger.warn({ target: endpoint.origin, path, err: local }, 'local service request failed');
     respondText(stream, 503, `local service ${endpoint.origin}: ${local.message}`, hasBody);
     return;
@@ -224,6 +225,19 @@ class Http2Exchange {
     // Answered already (the route's timeout sent 504) or gone: the local stream is not needed.
     if (stream.destroyed || stream.closed || stream.headersSent) {
       resetStreamWith(local, NGHTTP2_CANCEL);
+      return;
+    }
+    if (status > 599) {
+      // RFC 9110 §15 ends at 599, and Node's respond() throws past it (outside any handler).
+      resetStreamWith(local, NGHTTP2_CANCEL);
+      this.#report('failed');
+      const { endpoint, hasBody } = this.#options;
+      respondText(
+        stream,
+        502,
+        `local service ${endpoint.origin} answered with status ${status}`,
+        hasBody,
+      );
       return;
     }
     this.#report(status >= 500 ? 'failed' : 'succeeded');

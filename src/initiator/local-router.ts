@@ -54,6 +54,9 @@ export class LocalRouter {
               pool: new Pool(origin, {
                 connections: route.max_connections,
                 connect: { timeout: route.connect_timeout },
+                // The wait for the response headers is the route's timeout and the responder's
+                // response_timeout, not undici's own 300 s default (which would answer 502 first).
+                headersTimeout: 0,
               }),
               connectTimeoutMs: route.connect_timeout,
             },

@@ -53,7 +53,10 @@ export class TcpTargets {
     }
     const socket = net.connect({ host: target.host, port: target.port, allowHalfOpen: true });
     this.#sockets.add(socket);
-    socket.once('close', () => this.#sockets.delete(socket));
+    socket.once('close', () => {
+      this.#sockets.delete(socket);
+      clearTimeout(timer);
+    });
     let connected = false;
     const timer = setTimeout(() => {
       socket.destroy(new Error(`not connected within ${target.connectTimeoutMs} ms`));

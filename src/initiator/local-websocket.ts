@@ -55,16 +55,18 @@ export function forwardWebSocket(
     logger.warn({ target: endpoint.origin, path, err: error }, message);
     respondText(stream, status, message, true);
   };
+  // url.origin drops a default port, and a URL keeps an IPv6 host in brackets.
+  const host = origin.hostname.replace(/^\[(.*)\]$/, '$1');
+  const port = origin.port === '' ? 80 : Number(origin.port);
   const request = http.request({
-    host: origin.hostname,
-    port: Number(origin.port),
+    host,
+    port,
     path,
     method: 'GET',
     headers: forwarded,
     agent: false,
     // A half-closed WebSocket is still open in the other direction (a TCP FIN, docs/streams.md §2).
-    createConnection: () =>
-      net.connect({ host: origin.hostname, port: Number(origin.port), allowHalfOpen: true }),
+    createConnection: () => net.connect({ host, port, allowHalfOpen: true }),
   });
   // Bounds the connect and the wait for the service's answer to the upgrade.
   const timer = setTimeout(() => {
@@ -106,8 +108,16 @@ export function forwardWebSocket(
   request.on('response', (response: IncomingMessage) => {
     clearTimeout(timer);
     // Not upgraded: an ordinary answer (a 403, a 404, a 426 …), passed on as it is, then the end.
-    settled = true;
     const status = response.statusCode ?? 502;
+    // A 2xx on an extended CONNECT means the WebSocket is open (RFC 8441 §5): a service that
+    // answered the upgrade with a page did not upgrade, and RFC 9110's range is 200–599 (Node's
+    // respond() throws outside it).
+    if ((status >= 200 && status < 300) || status > 599) {
+      response.destroy();
+      fail(502, `local service ${endpoint.origin} answered the WebSocket upgrade with ${status}`);
+      return;
+    }
+    settled = true;
     if (status >= 500) endpoint.failed();
     else endpoint.succeeded();
     stream.removeListener('close', abort);

@@ -16,6 +16,8 @@ const hopByHop = new Set([
   'trailer',
   'transfer-encoding',
   'upgrade',
+  // HTTP/1.1's h2c upgrade carries it; HTTP/2 forbids it as connection-specific (RFC 9113 §3.2.1).
+  'http2-settings',
 ]);
 
 export type HeaderValue = string | string[] | number | undefined;

@@ -63,6 +63,10 @@ describe('an HTTP/1.1 local service', () => {
           res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
           res.end('after the hints');
           return;
+        case '/600':
+          res.writeHead(600);
+          res.end('a status HTTP does not have');
+          return;
         default:
           res.end('plain');
       }
@@ -98,6 +102,13 @@ describe('an HTTP/1.1 local service', () => {
       [reply.status, reply.body.toString(), reply.trailers],
       [200, 'plain', undefined],
     );
+  });
+
+  it('answers 502 for a status past 599, which HTTP/2 cannot carry, and keeps serving', async () => {
+    const reply = await exchange(harness.client, { ':path': '/600' });
+    assert.equal(reply.status, 502);
+    assert.match(reply.body.toString(), /answered with status 600/);
+    assert.equal((await exchange(harness.client, { ':path': '/plain' })).status, 200);
   });
 
   it('passes a 103 Early Hints on before the final response', async () => {
