@@ -112,6 +112,13 @@ describe('compileRouteRegex', () => {
     assert.ok(!regex.test('/x/b/c'));
   });
 
+  it('compiles nested repetitions of an empty group (10^9 of them) to a match of nothing', () => {
+    // Before the fix this never finished: the test runner's timeout is the bound.
+    const regex = compileRouteRegex('/x(?:(?:(?:){1000}){1000}){1000}');
+    assert.equal(regex.test('/x'), true);
+    assert.equal(regex.test('/xy'), false);
+  });
+
   it('never matches a path longer than the cap', () => {
     const regex = compileRouteRegex('/.*');
     assert.ok(regex.test(`/${'a'.repeat(maxRegexPathLength - 1)}`));

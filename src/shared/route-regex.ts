@@ -277,7 +277,11 @@ function compile(root: Node): Program {
           }
         }
         for (let required = 0; required < node.min; required += 1) {
-          after = build(node.operand, after);
+          const built = build(node.operand, after);
+          // An operand that adds no state (an empty group) adds none however often it repeats:
+          // nested `{1000}`s of one would otherwise take 10^9 steps to compile to nothing.
+          if (built === after) break;
+          after = built;
         }
         return after;
       }
