@@ -514,6 +514,8 @@ export class EgressListener {
     for (let attempt = 0; attempt < 2; attempt += 1) {
       const session = await this.#acquire(exchange, admitted, failed);
       if (session === undefined) return;
+      // The caller may have gone while the request waited for a place on a tunnel.
+      if (exchange.gone) return;
       if (attempt === 0) {
         stats.counter(admitted.plan.stats.requests).inc();
         if (exchange.expectsContinue) exchange.sendContinue();
