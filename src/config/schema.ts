@@ -268,6 +268,22 @@ const windowSize = (defaultBytes: number) =>
     .max(2 ** 31 - 1)
     .default(defaultBytes);
 
+/** A list whose entries' `name`s must differ: a second one is reported at its own `name`. */
+const uniqueNames =
+  (what: string) => (entries: ReadonlyArray<{ name: string }>, context: z.RefinementCtx) => {
+    const seen = new Set<string>();
+    entries.forEach((entry, index) => {
+      if (seen.has(entry.name)) {
+        context.addIssue({
+          code: 'custom',
+          path: [index, 'name'],
+          message: `${what} "${entry.name}" is defined twice`,
+        });
+      }
+      seen.add(entry.name);
+    });
+  };
+
 /** HTTP/2 limits of a tunnel's session, on either side (Node's http2 session options). */
 const http2Limits = z.strictObject({
   /** SETTINGS_MAX_HEADER_LIST_SIZE: the largest header block accepted, bytes. */
@@ -510,19 +526,7 @@ const initiatorFields = z.strictObject({
       }),
     )
     .min(1)
-    .superRefine((clusters, context) => {
-      const seen = new Set<string>();
-      clusters.forEach((cluster, index) => {
-        if (seen.has(cluster.name)) {
-          context.addIssue({
-            code: 'custom',
-            path: [index, 'name'],
-            message: `remote cluster "${cluster.name}" is defined twice`,
-          });
-        }
-        seen.add(cluster.name);
-      });
-    }),
+    .superRefine(uniqueNames('remote cluster')),
   local_routes: z.array(localRoute).default([]).superRefine(routesInOrder),
   /**
    * TCP services the responder may open connections to by name (a CONNECT whose `:authority` is
@@ -540,19 +544,7 @@ const initiatorFields = z.strictObject({
       }),
     )
     .default([])
-    .superRefine((targets, context) => {
-      const seen = new Set<string>();
-      targets.forEach((target, index) => {
-        if (seen.has(target.name)) {
-          context.addIssue({
-            code: 'custom',
-            path: [index, 'name'],
-            message: `TCP target "${target.name}" is defined twice`,
-          });
-        }
-        seen.add(target.name);
-      });
-    }),
+    .superRefine(uniqueNames('TCP target')),
 });
 
 export const initiatorSchema = initiatorFields.refine(
