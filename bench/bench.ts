@@ -6,7 +6,7 @@
  *   npm run bench -- --quick --only direct,revtun    (a smoke run: short figures, 1 round)
  *
  * Every contender (bench/contenders/: direct, nginx, haproxy, ssh -N -R, ssh -tt -R, the ssh2 npm
- * client, localtunnel, revtun) is started once, in front of the same origin nginx, and stays up;
+ * client, localtunnel, the two bounds of node-floor.ts, revtun) is started once, in front of the same origin nginx, and stays up;
  * then for each figure the contenders are measured in turn, A B C … A B C …, one round after
  * another (each round starting one contender further on, so none is always first), and the median
  * of the rounds is kept. The table gives each median as a ratio to direct and to the best peer;
@@ -29,6 +29,7 @@ import { direct } from './contenders/direct.ts';
 import { haproxy } from './contenders/haproxy.ts';
 import { localtunnel } from './contenders/localtunnel.ts';
 import { nginx } from './contenders/nginx.ts';
+import { nodeH2Chain, nodeProxy } from './contenders/node-floor.ts';
 import { revtun } from './contenders/revtun.ts';
 import { sshN, sshTty } from './contenders/ssh.ts';
 import { ssh2 } from './contenders/ssh2.ts';
@@ -47,6 +48,8 @@ const allContenders: readonly Contender[] = [
   sshTty,
   ssh2,
   localtunnel,
+  nodeProxy,
+  nodeH2Chain,
   revtun,
 ];
 const resultsDir = fileURLToPath(new URL('./results/', import.meta.url));

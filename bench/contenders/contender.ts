@@ -31,8 +31,11 @@ export interface Contender {
   readonly description: string;
   /** Commands from tools.ts this contender needs. */
   readonly tools: readonly string[];
-  /** Not a peer: `direct` is the reference, `revtun` the subject; the rest are peers. */
-  readonly role: 'reference' | 'subject' | 'peer';
+  /**
+   * Not a peer: `direct` is the reference, `revtun` the subject, and a bound (node-floor.ts) is
+   * what Node's own stacks cost with nothing else; the rest are peers.
+   */
+  readonly role: 'reference' | 'subject' | 'peer' | 'bound';
   start(context: Context): Promise<Running>;
 }
 

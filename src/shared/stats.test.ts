@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { Counter, Gauge, StatsRegistry } from './stats.ts';
+import { Counter, Gauge, Histogram, StatsRegistry } from './stats.ts';
 
 describe('Counter', () => {
   it('starts at 0 and counts up by 1 or by the amount given', () => {
@@ -30,6 +30,30 @@ describe('Gauge', () => {
     const gauge = new Gauge();
     gauge.dec();
     assert.equal(gauge.value, -1);
+  });
+});
+
+describe('Histogram', () => {
+  it('counts each sample in the first bucket whose bound is at or above it, cumulatively', () => {
+    const histogram = new Histogram([1, 10, 100]);
+    for (const value of [0.5, 1, 2, 10, 50, 1000]) histogram.observe(value);
+    assert.deepEqual(histogram.snapshot(), {
+      bounds: [1, 10, 100],
+      cumulative: [2, 4, 5],
+      count: 6,
+      sum: 1063.5,
+    });
+  });
+
+  it('is listed by the registry with its count as value and its buckets', () => {
+    const stats = new StatsRegistry();
+    stats.histogram('a.rq_time').observe(3);
+    const [row] = stats.snapshot();
+    assert.equal(row?.type, 'histogram');
+    assert.equal(row?.value, 1);
+    assert.equal(row?.histogram?.count, 1);
+    assert.equal(stats.value('a.rq_time'), 1);
+    assert.throws(() => stats.counter('a.rq_time'), /already exists as a Histogram/);
   });
 });
 

@@ -8,12 +8,24 @@
  * such gauges (`max_departed_stats`) removes the oldest.
  */
 
-export type StatType = 'counter' | 'gauge';
+export type StatType = 'counter' | 'gauge' | 'histogram';
 
 export interface StatSnapshot {
   readonly name: string;
   readonly type: StatType;
+  /** A counter's or gauge's value; a histogram's count of samples. */
   readonly value: number;
+  /** For a histogram only: its buckets at the time of the snapshot. */
+  readonly histogram?: HistogramSnapshot;
+}
+
+export interface HistogramSnapshot {
+  /** Upper bounds, ascending (Envoy's `supported_buckets`). */
+  readonly bounds: readonly number[];
+  /** Samples at or below each bound, cumulative (as Prometheus' `_bucket{le=…}`). */
+  readonly cumulative: readonly number[];
+  readonly count: number;
+  readonly sum: number;
 }
 
 export class Counter {
@@ -48,8 +60,59 @@ export class Gauge {
   }
 }
 
+/**
+ * Envoy's default histogram buckets (`stats_config.histogram_bucket_settings` unset), in the
+ * stat's unit: milliseconds for the `_time`/`_ms` histograms revtun keeps.
+ */
+export const defaultBuckets: readonly number[] = [
+  0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000, 600_000,
+  1_800_000, 3_600_000,
+];
+
+/** A cumulative histogram with fixed buckets: O(buckets) memory whatever the number of samples. */
+export class Histogram {
+  readonly bounds: readonly number[];
+  /** Samples per bucket (not cumulative); the last slot is above every bound. */
+  readonly #counts: number[];
+  #count = 0;
+  #sum = 0;
+
+  constructor(bounds: readonly number[] = defaultBuckets) {
+    this.bounds = bounds;
+    this.#counts = new Array<number>(bounds.length + 1).fill(0);
+  }
+
+  get count(): number {
+    return this.#count;
+  }
+
+  get sum(): number {
+    return this.#sum;
+  }
+
+  observe(value: number): void {
+    let slot = 0;
+    while (slot < this.bounds.length && value > (this.bounds[slot] as number)) slot++;
+    this.#counts[slot] = (this.#counts[slot] as number) + 1;
+    this.#count++;
+    this.#sum += value;
+  }
+
+  snapshot(): HistogramSnapshot {
+    const cumulative: number[] = [];
+    let running = 0;
+    for (let slot = 0; slot < this.bounds.length; slot++) {
+      running += this.#counts[slot] as number;
+      cumulative.push(running);
+    }
+    return { bounds: this.bounds, cumulative, count: this.#count, sum: this.#sum };
+  }
+}
+
+type Stat = Counter | Gauge | Histogram;
+
 export class StatsRegistry {
-  readonly #stats = new Map<string, Counter | Gauge>();
+  readonly #stats = new Map<string, Stat>();
 
   /** Returns the counter with this name, creating it at 0. */
   counter(name: string): Counter {
@@ -61,9 +124,15 @@ export class StatsRegistry {
     return this.#get(name, Gauge);
   }
 
-  /** The current value of a stat, or undefined when it was never created. */
+  /** Returns the histogram with this name, creating it empty. */
+  histogram(name: string): Histogram {
+    return this.#get(name, Histogram);
+  }
+
+  /** A counter's or gauge's value, a histogram's count, or undefined when it was never created. */
   value(name: string): number | undefined {
-    return this.#stats.get(name)?.value;
+    const stat = this.#stats.get(name);
+    return stat instanceof Histogram ? stat.count : stat?.value;
   }
 
   /** Removes a stat; a later `counter`/`gauge` call with its name starts it at 0 again. */
@@ -75,12 +144,16 @@ export class StatsRegistry {
   snapshot(): StatSnapshot[] {
     const rows: StatSnapshot[] = [];
     for (const [name, stat] of this.#stats) {
-      rows.push({ name, type: stat instanceof Counter ? 'counter' : 'gauge', value: stat.value });
+      if (stat instanceof Histogram) {
+        rows.push({ name, type: 'histogram', value: stat.count, histogram: stat.snapshot() });
+      } else {
+        rows.push({ name, type: stat instanceof Counter ? 'counter' : 'gauge', value: stat.value });
+      }
     }
     return rows.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
-  #get<T extends Counter | Gauge>(name: string, kind: new () => T): T {
+  #get<T extends Stat>(name: string, kind: new () => T): T {
     const existing = this.#stats.get(name);
     if (existing !== undefined) {
       if (!(existing instanceof kind)) {
