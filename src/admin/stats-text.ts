@@ -1,7 +1,8 @@
 /**
- * Envoy's `/stats` text rendering (protocol reference §9): one `name: value` line per counter and
- * gauge, sorted by name, then one line per histogram, as Envoy prints them after the others.
- * `filter` is a regular expression over names.
+ * Envoy's `/stats` text rendering (protocol reference §9): one line per stat, sorted by name,
+ * `name: value` for counters and gauges. `filter` is a regular expression over names. (Envoy
+ * prints histograms after the other stats; revtun keeps the one name order the reference states,
+ * which scripts that `sort` or `grep` the output see either way.)
  *
  * A histogram line is Envoy's quantile summary,
  * `name: P0(nan,1) P25(nan,1.25) … P100(nan,5)` (interval,cumulative; see stats-histogram.ts for
@@ -20,13 +21,12 @@ export function renderStatsText(
   buckets: HistogramBuckets = 'summary',
 ): string {
   let text = '';
-  let histograms = '';
   for (const stat of stats) {
     if (filter !== undefined && !filter.test(stat.name)) continue;
-    if (stat.histogram === undefined) text += `${stat.name}: ${stat.value}\n`;
-    else histograms += `${stat.name}: ${histogramText(stat, buckets)}\n`;
+    const value = stat.histogram === undefined ? String(stat.value) : histogramText(stat, buckets);
+    text += `${stat.name}: ${value}\n`;
   }
-  return text + histograms;
+  return text;
 }
 
 function histogramText(stat: StatSnapshot, buckets: HistogramBuckets): string {
