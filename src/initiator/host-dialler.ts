@@ -133,7 +133,7 @@ export class HostDialler {
       options.cluster,
       this.hostText,
     );
-    this.#handshakeTime = options.stats.histogram(`${options.statPrefix}.handshake_time`);
+    this.#handshakeTime = options.stats.histogram(`${options.statPrefix}.tunnel_setup_time`);
     this.#pingRtt = options.stats.histogram(`${options.statPrefix}.ping_rtt`);
     this.#backoff = new Backoff({ baseMs: 1000, maxMs: options.maxBackoffMs, jitter: 0.15 });
     this.#slots = Array.from({ length: options.tunnels }, () => ({
@@ -350,6 +350,14 @@ export class HostDialler {
         this.#fill();
       },
       onClose: (reason, error) => {
+        // By reason (a short fixed list), so that keepalive timeouts can be alerted on.
+        const { stats, statPrefix } = this.#options;
+        stats
+          .counter(`${statPrefix}.tunnel_closed.${reason}`, {
+            name: `${statPrefix}.tunnel_closed`,
+            labels: { reason },
+          })
+          .inc();
         if (this.#draining.delete(tunnel)) {
           this.#gauges.add('connected', -1);
           this.#options.onEvent(this, { event: 'connection_closed', connectionId, reason });

@@ -651,6 +651,14 @@ export class TunnelRegistry {
   ): void {
     node.tunnels -= 1;
     for (const gauge of [...node.gauges, ...cluster.gauges]) gauge.dec();
+    const { stats, statPrefix: sp } = this.#options;
+    // By reason (a short fixed list), so that keepalive timeouts can be alerted on.
+    stats
+      .counter(`${sp}.tunnel_closed.${closeReason}`, {
+        name: `${sp}.tunnel_closed`,
+        labels: { reason: closeReason },
+      })
+      .inc();
     this.#options.onEvent(info, { event: 'tunnel_closed', socketState, closeReason });
     if (node.tunnels > 0) return;
     // A node's entries go with its last tunnel (reference §8 "Keys"); requests waiting for one of

@@ -11,7 +11,7 @@ import type { Responder } from '../../src/responder/responder.ts';
 import type { HostPort } from '../../src/shared/address.ts';
 import { request } from '../helpers/http.ts';
 import { startNamedService, type TestService } from '../helpers/http.ts';
-import { connectedInitiator, responderOnFreePorts } from '../helpers/tunnels.ts';
+import { connectedInitiator, responderOnFreePorts, waitForEvent } from '../helpers/tunnels.ts';
 
 const sp = 'reverse_connections';
 const ip = 'downstream_reverse_connection';
@@ -125,6 +125,10 @@ const sanitized = (name: string) => `envoy_${name.replace(/[^a-zA-Z0-9_:]/g, '_'
 function expectedSeries(name: string): string {
   const tagged: Array<[RegExp, (m: RegExpExecArray) => string]> = [
     [
+      new RegExp(`^(${sp}|${ip})\\.tunnel_closed\\.(.+)$`),
+      (m) => seriesKey(`envoy_${m[1]}_tunnel_closed`, { reason: m[2]! }),
+    ],
+    [
       new RegExp(`^${sp}\\.(nodes|clusters)\\.(.+)$`),
       (m) => seriesKey(`envoy_${sp}_${m[1]}`, { [m[1] === 'nodes' ? 'node' : 'cluster']: m[2]! }),
     ],
@@ -201,6 +205,18 @@ describe('/stats in Envoy text, JSON and Prometheus', () => {
         }),
       );
     }
+    // A node that comes and goes: its gauges read 0 and a tunnel_closed counter appears.
+    const gone = await connectedInitiator(responder, {
+      node: 'gone.1',
+      routes: [{ prefix: '/', target: service.target }],
+    });
+    const closed = waitForEvent(
+      responder,
+      'tunnel_closed',
+      (identity: { nodeId: string }) => identity.nodeId === 'gone.1',
+    );
+    await gone.close({ graceMs: 0 });
+    await closed;
     const egress = responder.addresses.egress[0]!;
     for (const node of ['n.1', 'n.1', 'n.1', 'n2', 'n2', 'nobody']) {
       await request(egress, '/hello', { headers: { 'x-node-id': node } });
@@ -224,12 +240,18 @@ describe('/stats in Envoy text, JSON and Prometheus', () => {
     assert.equal(prometheus.get(`envoy_${sp}_clusters{cluster="c1"}`), 2);
     assert.equal(prometheus.get(`envoy_${sp}_worker_0_total_nodes`), 2);
     assert.equal(prometheus.get(`envoy_${sp}_worker_0_total_clusters`), 1);
-    assert.equal(prometheus.get('envoy_reverse_tunnel_handshake_accepted'), 2);
+    assert.equal(prometheus.get('envoy_reverse_tunnel_handshake_accepted'), 3);
+    assert.equal(prometheus.get(`envoy_${sp}_nodes{node="gone.1"}`), 0);
+    // One close, under its reason (a reset or a FIN, as the initiator's close goes).
+    const closed = [...prometheus].filter(([series]) => series.includes('_tunnel_closed{'));
+    assert.equal(closed.length, 1, String(closed));
+    assert.match(closed[0]![0], new RegExp(`^envoy_${sp}_tunnel_closed\\{reason="idle_\\w+"\\}$`));
+    assert.equal(closed[0]![1], 1);
     const nodeFamilies = scraped.families.filter((family) => family.name === `envoy_${sp}_nodes`);
     assert.equal(nodeFamilies.length, 1);
     assert.equal(nodeFamilies[0]?.type, 'GAUGE');
     const histograms = readPrometheus(scraped.families).histograms;
-    assert.equal(histograms.get('envoy_reverse_tunnel_handshake_time')?.count, 2);
+    assert.equal(histograms.get('envoy_reverse_tunnel_handshake_time')?.count, 3);
     assert.match(scraped.prometheus, /^# TYPE envoy_reverse_tunnel_handshake_time histogram$/m);
   });
 
@@ -244,7 +266,7 @@ describe('/stats in Envoy text, JSON and Prometheus', () => {
     );
     const host = `127.0.0.1:${responder.addresses.tunnel.port}`;
     assert.equal(prometheus.values.get(`envoy_${ip}_host_connected{host="${host}"}`), 1);
-    assert.equal(prometheus.histograms.get(`envoy_${ip}_handshake_time`)?.count, 1);
+    assert.equal(prometheus.histograms.get(`envoy_${ip}_tunnel_setup_time`)?.count, 1);
   });
 
   it('shows histograms as Envoy quantile lines in text and quantiles in JSON', async () => {
@@ -265,9 +287,9 @@ describe('/stats in Envoy text, JSON and Prometheus', () => {
 
   it('applies filter= to every format', async () => {
     const filter = 'filter=handshake\\.accepted$';
-    assert.equal(await get(admin(), `/stats?${filter}`), 'reverse_tunnel.handshake.accepted: 2\n');
+    assert.equal(await get(admin(), `/stats?${filter}`), 'reverse_tunnel.handshake.accepted: 3\n');
     assert.deepEqual(JSON.parse(await get(admin(), `/stats?format=json&${filter}`)), {
-      stats: [{ name: 'reverse_tunnel.handshake.accepted', value: 2 }],
+      stats: [{ name: 'reverse_tunnel.handshake.accepted', value: 3 }],
     });
     const prometheus = await request(admin(), `/stats/prometheus?${filter}`);
     assert.equal(prometheus.headers['content-type'], 'text/plain; version=0.0.4; charset=utf-8');
