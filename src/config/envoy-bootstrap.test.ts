@@ -197,6 +197,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
     assert.deepEqual(translation.responder, {
       stat_prefix: 'upstream_reverse_connection',
       enable_tenant_isolation: false,
+      enable_detailed_stats: true,
       // Schema defaults the bootstrap has no field for.
       allow_insecure: false,
       pending_requests: { max_per_node: 1024, timeout: 5000 },
