@@ -179,6 +179,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
     assert.deepEqual(translation.inputs, {
       responder: {
         stat_prefix: 'upstream_reverse_connection',
+        enable_detailed_stats: true,
         admin: { address: '0.0.0.0:8888', access_log: { path: '/dev/stdout' } },
         tunnel_listener: { address: '0.0.0.0:9000', ping_interval: '2s' },
         egress_listeners: [
