@@ -402,7 +402,7 @@ class Translator {
       this.#lifecycleLog(config, 'initiator', result);
       config.reject(
         'max_tunnel_setup_time',
-        'is not supported: revtun has no tunnel_setup_time histogram yet',
+        'is not supported: revtun keeps the tunnel_setup_time histogram but no threshold (tunnel_setup_time_exceeded)',
       );
       config.done();
     } else if (options.headerPrefix !== undefined) {
