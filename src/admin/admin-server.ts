@@ -22,7 +22,7 @@ import { openLineLog, type LineLog } from '../shared/lifecycle-log.ts';
 import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { Counter, StatSnapshot, StatsRegistry } from '../shared/stats.ts';
-import { renderStatsText } from './stats-text.ts';
+import { answerStats } from './stats-endpoint.ts';
 
 export interface AdminServerOptions {
   readonly address: HostPort;
@@ -132,8 +132,11 @@ export class AdminServer {
     }
     switch (url.pathname) {
       case '/stats':
-        this.#stats(url, response);
+      case '/stats/prometheus': {
+        const answer = answerStats(url, this.#options.stats);
+        text(response, answer.status, answer.body, { 'content-type': answer.contentType });
         return;
+      }
       case '/ready':
         if (this.#options.ready()) text(response, 200, 'LIVE\n');
         else text(response, 503, 'DRAINING\n');
@@ -156,39 +159,6 @@ export class AdminServer {
     // The scheme is case-insensitive (RFC 9110 §11.1); the token is everything after one space.
     const match = /^bearer +(\S+) *$/i.exec(request.headers.authorization ?? '');
     return match !== null && timingSafeEqual(sha256(match[1] as string), this.#tokenDigest);
-  }
-
-  #stats(url: URL, response: ServerResponse): void {
-    for (const key of url.searchParams.keys()) {
-      if (key !== 'filter' && key !== 'hidden') {
-        text(response, 400, `unknown /stats parameter "${key}"; known: filter, hidden\n`);
-        return;
-      }
-    }
-    const hidden = url.searchParams.get('hidden') ?? 'exclude';
-    if (hidden !== 'include' && hidden !== 'exclude' && hidden !== 'only') {
-      text(response, 400, `hidden must be include, exclude or only, not "${hidden}"\n`);
-      return;
-    }
-    let filter: RegExp | undefined;
-    const pattern = url.searchParams.get('filter');
-    if (pattern !== null && pattern.length > 1000) {
-      text(response, 400, 'filter is longer than 1000 characters\n');
-      return;
-    }
-    if (pattern !== null && pattern !== '') {
-      try {
-        filter = new RegExp(pattern);
-      } catch (error) {
-        text(
-          response,
-          400,
-          `filter is not a valid regular expression: ${(error as Error).message}\n`,
-        );
-        return;
-      }
-    }
-    text(response, 200, hidden === 'only' ? '' : renderStatsText(this.#options.stats(), filter));
   }
 }
 

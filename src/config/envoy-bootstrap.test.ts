@@ -179,6 +179,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
     assert.deepEqual(translation.inputs, {
       responder: {
         stat_prefix: 'upstream_reverse_connection',
+        enable_detailed_stats: true,
         admin: { address: '0.0.0.0:8888', access_log: { path: '/dev/stdout' } },
         tunnel_listener: { address: '0.0.0.0:9000', ping_interval: '2s' },
         egress_listeners: [
@@ -197,6 +198,7 @@ describe("the Envoy sandbox's bootstrap configs translate to revtun configs", ()
     assert.deepEqual(translation.responder, {
       stat_prefix: 'upstream_reverse_connection',
       enable_tenant_isolation: false,
+      enable_detailed_stats: true,
       // Schema defaults the bootstrap has no field for.
       allow_insecure: false,
       pending_requests: { max_per_node: 1024, timeout: 5000 },
@@ -901,7 +903,7 @@ describe('every field revtun does not support is a problem with its path and lin
           error.message,
           [
             'invalid configuration (3 problems):',
-            `  ${at('max_tunnel_setup_time')}: bootstrap_extensions[0].typed_config.max_tunnel_setup_time: is not supported: revtun has no tunnel_setup_time histogram yet`,
+            `  ${at('max_tunnel_setup_time')}: bootstrap_extensions[0].typed_config.max_tunnel_setup_time: is not supported: revtun keeps the tunnel_setup_time histogram but no threshold (tunnel_setup_time_exceeded)`,
             `  ${at('per_connection_buffer_limit_bytes')}: static_resources.listeners[0].per_connection_buffer_limit_bytes: is not supported; revtun reads only name, address, additional_addresses, filter_chains, listener_filters and listener_filters_timeout here`,
             `  ${at('stats_flush_interval')}: stats_flush_interval: is not supported; revtun reads only node, admin, header_prefix, bootstrap_extensions, static_resources and layered_runtime here`,
           ].join('\n'),

@@ -402,7 +402,7 @@ class Translator {
       this.#lifecycleLog(config, 'initiator', result);
       config.reject(
         'max_tunnel_setup_time',
-        'is not supported: revtun has no tunnel_setup_time histogram yet',
+        'is not supported: revtun keeps the tunnel_setup_time histogram but no threshold (tunnel_setup_time_exceeded)',
       );
       config.done();
     } else if (options.headerPrefix !== undefined) {
@@ -579,8 +579,9 @@ class Translator {
     if (config !== undefined) {
       const statPrefix = config.get('stat_prefix');
       this.#set('responder', '', result, 'stat_prefix', statPrefix.string(), statPrefix);
-      // revtun always lists its per-node and per-cluster gauges (reference §12 #19).
-      config.get('enable_detailed_stats').boolean();
+      // The same switch as Envoy's; unset, revtun keeps its default (true, see the schema).
+      const detailed = config.get('enable_detailed_stats');
+      this.#set('responder', '', result, 'enable_detailed_stats', detailed.boolean(), detailed);
       const isolationField = config.get('enable_tenant_isolation');
       const isolationValue = isolationField.boolean();
       isolation = isolationValue ?? false;

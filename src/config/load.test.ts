@@ -264,6 +264,7 @@ describe('parseConfigText', () => {
     assert.deepEqual(parseConfigText(text, 'responder'), {
       stat_prefix: 'reverse_tunnel_acceptor',
       enable_tenant_isolation: false,
+      enable_detailed_stats: true,
       allow_insecure: false,
       pending_requests: { max_per_node: 1024, timeout: 5000 },
       max_departed_stats: 10_000,
@@ -421,6 +422,7 @@ describe('parseConfigText', () => {
     assert.deepEqual(config, {
       stat_prefix: 'edge_acceptor',
       enable_tenant_isolation: true,
+      enable_detailed_stats: false,
       allow_insecure: true,
       pending_requests: { max_per_node: 7, timeout: 250 },
       max_departed_stats: 500,

@@ -579,6 +579,16 @@ export const responderSchema = z
      * `tenant:cluster`, and every egress request must name its tenant.
      */
     enable_tenant_isolation: z.boolean().default(false),
+    /**
+     * The per-node and per-cluster gauges (`<stat_prefix>.nodes.<node>`, `.clusters.<cluster>`,
+     * their `worker_0` and `tenants` forms). Off bounds the stats to the aggregates, which are
+     * always on (`worker_0.total_nodes`, `worker_0.total_clusters`, counters, histograms), however
+     * many nodes connect. Envoy's field has the same meaning and defaults to false since #41364;
+     * revtun defaults to true, as it always listed these gauges (reference §12 #19) and the
+     * sandbox's checks and the dashboard read them; `max_departed_stats` already bounds those of
+     * nodes that left. Set false past a few thousand nodes.
+     */
+    enable_detailed_stats: z.boolean().default(true),
     /** Starts even with a listener beyond loopback that takes no credentials. */
     allow_insecure: z.boolean().default(false),
     http2: http2Limits.prefault({}),

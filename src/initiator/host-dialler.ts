@@ -26,7 +26,7 @@ import { formatHostPort, type HostPort } from '../shared/address.ts';
 import { Backoff } from '../shared/backoff.ts';
 import { describeError } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
-import type { StatsRegistry } from '../shared/stats.ts';
+import type { Histogram, StatsRegistry } from '../shared/stats.ts';
 import type { ClientTls } from '../shared/tls-files.ts';
 import { StateGauges, type SlotState } from './state-gauges.ts';
 import { InitiatorTunnel, type InitiatorTunnelOptions, type TunnelCloseReason } from './tunnel.ts';
@@ -107,6 +107,10 @@ export class HostDialler {
   readonly hostText: string;
   readonly #options: HostDiallerOptions;
   readonly #gauges: StateGauges;
+  /** From the connect call to the accepting answer, ms, successful handshakes only. */
+  readonly #handshakeTime: Histogram;
+  /** HTTP/2 PING round trips on this host's tunnels in use, ms (RPING is only echoed here). */
+  readonly #pingRtt: Histogram;
   readonly #backoff: Backoff;
   readonly #slots: Slot[];
   #retryTimer: NodeJS.Timeout | undefined;
@@ -129,6 +133,8 @@ export class HostDialler {
       options.cluster,
       this.hostText,
     );
+    this.#handshakeTime = options.stats.histogram(`${options.statPrefix}.tunnel_setup_time`);
+    this.#pingRtt = options.stats.histogram(`${options.statPrefix}.ping_rtt`);
     this.#backoff = new Backoff({ baseMs: 1000, maxMs: options.maxBackoffMs, jitter: 0.15 });
     this.#slots = Array.from({ length: options.tunnels }, () => ({
       state: 'empty',
@@ -209,6 +215,7 @@ export class HostDialler {
     if (secure !== undefined) {
       extraHeaders.push([handshakeHeaderNames(handshake.header_prefix).keepTls, 'true']);
     }
+    const dialledAt = performance.now();
     const socket =
       secure === undefined
         ? net.connect({ host: host.host, port: host.port, noDelay: true })
@@ -285,6 +292,7 @@ export class HostDialler {
         return;
       }
       settle();
+      this.#handshakeTime.observe(performance.now() - dialledAt);
       this.#established(slot, socket, result.rest, connectionId);
     };
     const onTcpConnect = () => {
@@ -329,6 +337,7 @@ export class HostDialler {
     this.#options.onEvent(this, { event: 'handshake_success', connectionId });
     const tunnel = new InitiatorTunnel(socket, {
       ...this.#options.tunnel,
+      onPingRtt: (ms) => this.#pingRtt.observe(ms),
       onDraining: () => {
         // The responder drains this tunnel: it keeps serving its streams, and a replacement is
         // dialled at once (Envoy #45875), so the node never runs short while the old one finishes.
@@ -341,6 +350,14 @@ export class HostDialler {
         this.#fill();
       },
       onClose: (reason, error) => {
+        // By reason (a short fixed list), so that keepalive timeouts can be alerted on.
+        const { stats, statPrefix } = this.#options;
+        stats
+          .counter(`${statPrefix}.tunnel_closed.${reason}`, {
+            name: `${statPrefix}.tunnel_closed`,
+            labels: { reason },
+          })
+          .inc();
         if (this.#draining.delete(tunnel)) {
           this.#gauges.add('connected', -1);
           this.#options.onEvent(this, { event: 'connection_closed', connectionId, reason });
@@ -443,7 +460,13 @@ export class HostDialler {
     if (!this.#options.detailedStats) return;
     const { stats, statPrefix, cluster } = this.#options;
     const base = `${statPrefix}.handshake.worker.worker_0.cluster.${cluster}.result.${result}`;
-    stats.counter(reason === undefined ? base : `${base}.failure_reason.${reason}`).inc();
+    // Envoy's tags, also as Prometheus labels: one `<prefix>_handshake` family.
+    const labels = { worker: 'worker_0', cluster, result };
+    const tags = {
+      name: `${statPrefix}.handshake`,
+      labels: reason === undefined ? labels : { ...labels, failure_reason: reason },
+    };
+    stats.counter(reason === undefined ? base : `${base}.failure_reason.${reason}`, tags).inc();
   }
 
   #allEmpty(): boolean {

@@ -12,24 +12,35 @@
  * `recovered` once a success has reset that backoff. `connected` and `connecting` always exist, as
  * in the sandbox's output; the others appear when first used.
  */
-import type { Gauge, StatsRegistry } from '../shared/stats.ts';
+import type { Gauge, StatTags, StatsRegistry } from '../shared/stats.ts';
 
 export type SlotState = 'connecting' | 'connected' | 'failed' | 'cannot_connect';
 export type HostState = 'backoff' | 'recovered';
 
 export class StateGauges {
   readonly #stats: StatsRegistry;
-  readonly #names: (state: SlotState | HostState) => string[];
+  /** Each state's gauge names, with the tags that make each kind one Prometheus family. */
+  readonly #names: (state: SlotState | HostState) => Array<readonly [string, StatTags]>;
   readonly #gauges = new Map<SlotState | HostState, Gauge[]>();
   readonly #host = new Map<HostState, number>();
 
   constructor(stats: StatsRegistry, prefix: string, cluster: string, host: string) {
     this.#stats = stats;
+    const worker = 'worker_0';
     this.#names = (state) => [
-      `${prefix}.cluster.${cluster}.${state}`,
-      `${prefix}.host.${host}.${state}`,
-      `${prefix}.worker_0.cluster.${cluster}.${state}`,
-      `${prefix}.worker_0.host.${host}.${state}`,
+      [
+        `${prefix}.cluster.${cluster}.${state}`,
+        { name: `${prefix}.cluster.${state}`, labels: { cluster } },
+      ],
+      [`${prefix}.host.${host}.${state}`, { name: `${prefix}.host.${state}`, labels: { host } }],
+      [
+        `${prefix}.worker_0.cluster.${cluster}.${state}`,
+        { name: `${prefix}.worker.cluster.${state}`, labels: { worker, cluster } },
+      ],
+      [
+        `${prefix}.worker_0.host.${host}.${state}`,
+        { name: `${prefix}.worker.host.${state}`, labels: { worker, host } },
+      ],
     ];
     this.#of('connected');
     this.#of('connecting');
@@ -51,7 +62,7 @@ export class StateGauges {
   #of(state: SlotState | HostState): Gauge[] {
     let gauges = this.#gauges.get(state);
     if (gauges === undefined) {
-      gauges = this.#names(state).map((name) => this.#stats.gauge(name));
+      gauges = this.#names(state).map(([name, tags]) => this.#stats.gauge(name, tags));
       this.#gauges.set(state, gauges);
     }
     return gauges;

@@ -55,6 +55,8 @@ export interface InitiatorTunnelOptions {
   readonly onDraining?: () => void;
   /** Called once when the tunnel is gone. */
   readonly onClose: (reason: TunnelCloseReason, error?: Error) => void;
+  /** Each acknowledged keepalive PING once HTTP/2 is up, with its round trip, ms (for stats). */
+  readonly onPingRtt?: (ms: number) => void;
 }
 
 export class InitiatorTunnel {
@@ -142,6 +144,7 @@ export class InitiatorTunnel {
         session.destroy();
         this.#finish('http2_keepalive_timeout');
       },
+      ...(this.#options.onPingRtt === undefined ? {} : { onRoundTrip: this.#options.onPingRtt }),
     });
     session.on('stream', (stream: ServerHttp2Stream) => {
       stream.once('close', () => {

@@ -15,7 +15,7 @@ import type { AcceptedHandshake, Identity } from '../protocol/handshake.ts';
 import { isRevtunError, RevtunError } from '../shared/errors.ts';
 import type { Http2LimitsConfig } from '../shared/http2-limits.ts';
 import type { Logger } from '../shared/logger.ts';
-import type { Gauge, StatsRegistry } from '../shared/stats.ts';
+import type { Gauge, Histogram, StatTags, StatsRegistry } from '../shared/stats.ts';
 import { IdleTunnel, type IdleCloseReason, type IdlePingEvent } from './idle-tunnel.ts';
 import { TunnelSession } from './tunnel-session.ts';
 
@@ -64,6 +64,12 @@ export interface RegistryOptions {
   readonly pendingRequests: { readonly max_per_node: number; readonly timeout: number };
   /** Gauges of departed nodes and clusters kept at 0 before the oldest are removed. */
   readonly maxDepartedStats: number;
+  /**
+   * Keeps the per-node and per-cluster gauges (`enable_detailed_stats`); without them only the
+   * aggregates (`worker_0.total_nodes`, `worker_0.total_clusters`, histograms, counters) exist.
+   * Default true.
+   */
+  readonly detailedStats?: boolean;
   /** Spread streams over every tunnel of a node (`use_all_tunnels`). */
   readonly useAllTunnels: boolean;
   readonly onEvent: (tunnel: TunnelInfo, event: TunnelEvent) => void;
@@ -171,9 +177,18 @@ export class TunnelRegistry {
   #reservedTotal = 0;
   #closed = false;
   #emptyWaiters: Array<() => void> = [];
+  /** Distinct nodes and clusters (Envoy's always-on `worker_<n>.total_*` gauges). */
+  readonly #totalNodes: Gauge;
+  readonly #totalClusters: Gauge;
+  /** Round trips of RPING echoes (idle) and HTTP/2 PING acks (in use), ms. */
+  readonly #pingRtt: Histogram;
 
   constructor(options: RegistryOptions) {
     this.#options = options;
+    const { stats, statPrefix: sp } = options;
+    this.#totalNodes = stats.gauge(`${sp}.worker_0.total_nodes`);
+    this.#totalClusters = stats.gauge(`${sp}.worker_0.total_clusters`);
+    this.#pingRtt = stats.histogram(`${sp}.ping_rtt`);
   }
 
   /** The registry key of a node or cluster id: `tenant:id` under tenant isolation. */
@@ -262,11 +277,18 @@ export class TunnelRegistry {
     const node = this.#nodeFor(identity);
     if (node.tunnels === 0) node.credential = credential;
     const cluster = this.#clusters.get(node.clusterKey) as ClusterEntry;
+    // The RPING in flight, for its round trip: any echo acks it (see idle-tunnel.ts).
+    let pingSentAt: number | undefined;
     const tunnel = new IdleTunnel(socket, {
       identity,
       pingIntervalMs: this.#options.pingIntervalMs,
       failureThreshold: this.#options.pingFailureThreshold,
       onPing: (event, missCount) => {
+        if (event === 'idle_ping_sent') pingSentAt = performance.now();
+        else if (event === 'idle_ping_ack' && pingSentAt !== undefined) {
+          this.#pingRtt.observe(performance.now() - pingSentAt);
+          pingSentAt = undefined;
+        }
         this.#options.onEvent(info, { event, socketState: 'idle', missCount });
       },
       onClose: (closed, reason, missCount) => {
@@ -477,7 +499,10 @@ export class TunnelRegistry {
       identity: idle.identity,
       limits: this.#options.http2,
       onStreamClosed: () => node.wakeOne(),
-      onPingAck: (ms) => this.#options.onPingAck?.(info, ms),
+      onPingAck: (ms) => {
+        this.#pingRtt.observe(ms);
+        this.#options.onPingAck?.(info, ms);
+      },
       onClose: (closed, error, closedLocally) => {
         removeFrom(node.sessions, closed);
         if (error !== undefined) {
@@ -520,19 +545,12 @@ export class TunnelRegistry {
       }
       return existing;
     }
-    const { stats, statPrefix: sp, tenantIsolation } = this.#options;
-    // The aggregate gauges use bare ids even under isolation (reference §9); the per-tenant ones
-    // are added beside them.
-    const tenant = tenantIsolation ? `${sp}.tenants.${identity.tenantId}` : undefined;
+    const { stats } = this.#options;
     const node = new NodeEntry(
       identity,
       keys,
       stats,
-      this.#revive([
-        `${sp}.nodes.${identity.nodeId}`,
-        `${sp}.worker_0.node.${identity.nodeId}`,
-        ...(tenant === undefined ? [] : [`${tenant}.nodes.${identity.nodeId}`]),
-      ]),
+      this.#revive(this.#entryGauges('node', identity.nodeId, identity.tenantId)),
     );
     if (this.#clusters.has(keys.node)) this.#warnCollision(identity.nodeId);
     this.#nodes.set(keys.node, node);
@@ -540,23 +558,62 @@ export class TunnelRegistry {
     if (cluster === undefined) {
       cluster = new ClusterEntry(
         stats,
-        this.#revive([
-          `${sp}.clusters.${identity.clusterId}`,
-          `${sp}.worker_0.cluster.${identity.clusterId}`,
-          ...(tenant === undefined ? [] : [`${tenant}.clusters.${identity.clusterId}`]),
-        ]),
+        this.#revive(this.#entryGauges('cluster', identity.clusterId, identity.tenantId)),
       );
       this.#clusters.set(keys.cluster, cluster);
       if (this.#nodes.has(keys.cluster)) this.#warnCollision(identity.clusterId);
     }
     cluster.nodes.push(node);
+    this.#totals();
     return node;
   }
 
-  /** Stat names of a node or cluster that is back (or new): no longer candidates for removal. */
-  #revive(names: readonly string[]): readonly string[] {
-    for (const name of names) this.#departedStats.delete(name);
-    return names;
+  /**
+   * The per-node or per-cluster gauges of `id` (reference §9), with the tags that make each kind
+   * one Prometheus family: `<sp>.nodes.<node>`, `<sp>.worker_0.node.<node>` and, under isolation,
+   * `<sp>.tenants.<tenant>.nodes.<node>` (and the same for clusters). None without detailed
+   * stats. The aggregate gauges use bare ids even under isolation; the per-tenant ones are added
+   * beside them.
+   */
+  #entryGauges(
+    kind: 'node' | 'cluster',
+    id: string,
+    tenantId: string,
+  ): ReadonlyArray<readonly [string, StatTags]> {
+    const { statPrefix: sp, tenantIsolation, detailedStats = true } = this.#options;
+    if (!detailedStats) return [];
+    const plural = `${kind}s`;
+    const gauges: Array<readonly [string, StatTags]> = [
+      [`${sp}.${plural}.${id}`, { name: `${sp}.${plural}`, labels: { [kind]: id } }],
+      [
+        `${sp}.worker_0.${kind}.${id}`,
+        { name: `${sp}.worker.${kind}`, labels: { worker: 'worker_0', [kind]: id } },
+      ],
+    ];
+    if (tenantIsolation) {
+      gauges.push([
+        `${sp}.tenants.${tenantId}.${plural}.${id}`,
+        { name: `${sp}.tenants.${plural}`, labels: { tenant: tenantId, [kind]: id } },
+      ]);
+    }
+    return gauges;
+  }
+
+  /**
+   * Creates the gauges of a node or cluster that is back (or new), with their tags, and takes
+   * their names off the departed list; returns the names.
+   */
+  #revive(gauges: ReadonlyArray<readonly [string, StatTags]>): readonly string[] {
+    for (const [name, tags] of gauges) {
+      this.#departedStats.delete(name);
+      this.#options.stats.gauge(name, tags);
+    }
+    return gauges.map(([name]) => name);
+  }
+
+  #totals(): void {
+    this.#totalNodes.set(this.#nodes.size);
+    this.#totalClusters.set(this.#clusters.size);
   }
 
   /**
@@ -594,6 +651,14 @@ export class TunnelRegistry {
   ): void {
     node.tunnels -= 1;
     for (const gauge of [...node.gauges, ...cluster.gauges]) gauge.dec();
+    const { stats, statPrefix: sp } = this.#options;
+    // By reason (a short fixed list), so that keepalive timeouts can be alerted on.
+    stats
+      .counter(`${sp}.tunnel_closed.${closeReason}`, {
+        name: `${sp}.tunnel_closed`,
+        labels: { reason: closeReason },
+      })
+      .inc();
     this.#options.onEvent(info, { event: 'tunnel_closed', socketState, closeReason });
     if (node.tunnels > 0) return;
     // A node's entries go with its last tunnel (reference §8 "Keys"); requests waiting for one of
@@ -606,6 +671,7 @@ export class TunnelRegistry {
       this.#clusters.delete(node.clusterKey);
       this.#depart(cluster.statNames);
     }
+    this.#totals();
     if (this.#nodes.size === 0) {
       const waiters = this.#emptyWaiters;
       this.#emptyWaiters = [];

@@ -96,6 +96,7 @@ export class Responder extends EventEmitter<ResponderEvents> {
       http2: config.http2,
       pendingRequests: config.pending_requests,
       maxDepartedStats: config.max_departed_stats,
+      detailedStats: config.enable_detailed_stats,
       useAllTunnels: config.use_all_tunnels,
       onEvent: (tunnel, event) => this.#onTunnelEvent(tunnel, event),
       onPingAck: (tunnel, ms) => this.emit('http2_ping_ack', tunnel.identity, ms),

@@ -37,7 +37,7 @@ import { formatHostPort, type HostPort } from '../shared/address.ts';
 import { describeError } from '../shared/errors.ts';
 import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
-import type { StatsRegistry } from '../shared/stats.ts';
+import type { Histogram, StatsRegistry } from '../shared/stats.ts';
 import { loadServerTls, tunnelAlpnProtocols, type ServerTls } from '../shared/tls-files.ts';
 import type { TunnelListenerConfig } from '../config/schema.ts';
 import { createHandshakeAuthenticator, type HandshakeAuthenticator } from './handshake-auth.ts';
@@ -73,6 +73,8 @@ const rejectionLingerMs = 1000;
 /** A connection between accept and the end of its handshake request. */
 interface PendingHandshake {
   readonly peer: string;
+  /** When the TCP connection was accepted (`performance.now()`), for the handshake time. */
+  readonly acceptedAt: number;
   /** Ends the pending phase (deadline, counts); false if it had already ended. */
   settle(): boolean;
 }
@@ -88,6 +90,8 @@ export class TunnelListener {
   #tls: ServerTls | undefined;
   #authenticator: HandshakeAuthenticator | undefined;
   #nextConnectionId = 1;
+  /** From TCP accept to the 200 written, ms, accepted tunnels only (TLS handshake included). */
+  readonly #handshakeTime: Histogram;
 
   constructor(options: TunnelListenerOptions) {
     this.#options = options;
@@ -104,6 +108,7 @@ export class TunnelListener {
       tunnelsOf: options.tunnelsOf,
     };
     for (const name of handshakeCounters) options.stats.counter(`reverse_tunnel.handshake.${name}`);
+    this.#handshakeTime = options.stats.histogram('reverse_tunnel.handshake_time');
   }
 
   /** Loads the TLS files and the JWKS (errors name the key and file), then binds. */
@@ -212,7 +217,7 @@ export class TunnelListener {
       else this.#pendingBySource.set(source, left);
       return true;
     };
-    const pending: PendingHandshake = { peer, settle };
+    const pending: PendingHandshake = { peer, acceptedAt: performance.now(), settle };
     const deadline = setTimeout(() => {
       if (!settle()) return;
       this.#count('timeout');
@@ -251,7 +256,7 @@ export class TunnelListener {
         });
         return;
       }
-      this.#decide(stream, peer, result.head, result.rest).catch((error: unknown) => {
+      this.#decide(stream, pending, result.head, result.rest).catch((error: unknown) => {
         logger.error({ peer, err: error }, 'handshake decision failed');
         stream.destroy();
       });
@@ -260,8 +265,14 @@ export class TunnelListener {
   }
 
   /** Checks 0–9 on a complete request head, with credentials (check 7) in between. */
-  async #decide(stream: Socket, peer: string, head: RequestHead, rest: Buffer): Promise<void> {
+  async #decide(
+    stream: Socket,
+    pending: PendingHandshake,
+    head: RequestHead,
+    rest: Buffer,
+  ): Promise<void> {
     const { config, logger } = this.#options;
+    const { peer } = pending;
     const checked = checkHandshakeRequest(head, this.#validation);
     if (!checked.accepted) {
       this.#reject(stream, peer, checked.rejection);
@@ -344,17 +355,18 @@ export class TunnelListener {
         'unparseable initiation-time header; read as 0',
       );
     }
-    this.#accept(stream, peer, decision.handshake, rest, credential);
+    this.#accept(stream, pending, decision.handshake, rest, credential);
   }
 
   #accept(
     socket: Socket,
-    peer: string,
+    pending: PendingHandshake,
     handshake: AcceptedHandshake,
     leftover: Buffer,
     credential: string | undefined,
   ): void {
     const { logger, config } = this.#options;
+    const { peer } = pending;
     const answer = handshake.keepTls
       ? handshakeKeptTlsResponse(config.header_prefix, config.use_http_upgrade)
       : config.use_http_upgrade
@@ -370,6 +382,7 @@ export class TunnelListener {
         return;
       }
       this.#count('accepted');
+      this.#handshakeTime.observe(performance.now() - pending.acceptedAt);
       logger.debug({ peer, ...handshake.identity }, 'tunnel accepted');
       this.#options.onAccepted(socket, handshake, leftover, connectionId, credential);
     });

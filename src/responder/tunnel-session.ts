@@ -63,7 +63,10 @@ export class TunnelSession {
       // The session sees the same error and reports it through its own 'error'/'close'.
     });
     socket.setNoDelay(true);
-    this.#session = http2.connect(`http://${options.identity.nodeId}`, {
+    // The URL only names the session: the socket is given and every stream sets its :authority.
+    // Not the node id, which the URL parser refuses when its last label is a number ("edge.1"
+    // reads as a malformed IPv4 address).
+    this.#session = http2.connect('http://reverse-tunnel', {
       ...http2SessionOptions(options.limits),
       // The initiator is the HTTP/2 server: with push off, it may reserve no streams at all.
       maxReservedRemoteStreams: 0,

@@ -139,3 +139,24 @@ describe('StatsRegistry', () => {
     assert.deepEqual(new StatsRegistry().snapshot(), []);
   });
 });
+
+describe('StatsRegistry tags', () => {
+  it("lists a stat's tags, the first creator's, until the stat is removed", () => {
+    const stats = new StatsRegistry();
+    stats.gauge('sp.nodes.n.1', { name: 'sp.nodes', labels: { node: 'n.1' } }).inc();
+    stats.gauge('sp.nodes.n.1', { name: 'other', labels: {} }).inc();
+    stats.counter('plain');
+    assert.deepEqual(stats.snapshot(), [
+      { name: 'plain', type: 'counter', value: 0 },
+      {
+        name: 'sp.nodes.n.1',
+        type: 'gauge',
+        value: 2,
+        tags: { name: 'sp.nodes', labels: { node: 'n.1' } },
+      },
+    ]);
+    stats.remove('sp.nodes.n.1');
+    stats.gauge('sp.nodes.n.1');
+    assert.equal(stats.snapshot()[1]?.tags, undefined);
+  });
+});

@@ -10,6 +10,19 @@
 
 export type StatType = 'counter' | 'gauge' | 'histogram';
 
+/**
+ * A stat's name with its variable parts taken out as labels (Envoy's tag extraction), given by the
+ * code that creates the stat, which knows which part of the name is a node id, a cluster or a host
+ * (ids may contain dots, so the name alone cannot say). `/stats/prometheus` renders `name` with
+ * these labels, so that a family stays one family whatever the number of nodes; `/stats` and JSON
+ * keep the full name.
+ */
+export interface StatTags {
+  /** The name without the tagged parts, e.g. `reverse_tunnel_acceptor.nodes` for a node gauge. */
+  readonly name: string;
+  readonly labels: Readonly<Record<string, string>>;
+}
+
 export interface StatSnapshot {
   readonly name: string;
   readonly type: StatType;
@@ -17,6 +30,8 @@ export interface StatSnapshot {
   readonly value: number;
   /** For a histogram only: its buckets at the time of the snapshot. */
   readonly histogram?: HistogramSnapshot;
+  /** The tags its creator gave, if any. */
+  readonly tags?: StatTags;
 }
 
 export interface HistogramSnapshot {
@@ -113,20 +128,22 @@ type Stat = Counter | Gauge | Histogram;
 
 export class StatsRegistry {
   readonly #stats = new Map<string, Stat>();
+  /** Tags of the stats created with some; the first creator's tags stay. */
+  readonly #tags = new Map<string, StatTags>();
 
-  /** Returns the counter with this name, creating it at 0. */
-  counter(name: string): Counter {
-    return this.#get(name, Counter);
+  /** Returns the counter with this name, creating it at 0 (with `tags`, if given). */
+  counter(name: string, tags?: StatTags): Counter {
+    return this.#get(name, Counter, tags);
   }
 
-  /** Returns the gauge with this name, creating it at 0. */
-  gauge(name: string): Gauge {
-    return this.#get(name, Gauge);
+  /** Returns the gauge with this name, creating it at 0 (with `tags`, if given). */
+  gauge(name: string, tags?: StatTags): Gauge {
+    return this.#get(name, Gauge, tags);
   }
 
-  /** Returns the histogram with this name, creating it empty. */
-  histogram(name: string): Histogram {
-    return this.#get(name, Histogram);
+  /** Returns the histogram with this name, creating it empty (with `tags`, if given). */
+  histogram(name: string, tags?: StatTags): Histogram {
+    return this.#get(name, Histogram, tags);
   }
 
   /** A counter's or gauge's value, a histogram's count, or undefined when it was never created. */
@@ -138,22 +155,24 @@ export class StatsRegistry {
   /** Removes a stat; a later `counter`/`gauge` call with its name starts it at 0 again. */
   remove(name: string): void {
     this.#stats.delete(name);
+    this.#tags.delete(name);
   }
 
   /** Every stat, sorted by name (Envoy's `/stats` order). */
   snapshot(): StatSnapshot[] {
     const rows: StatSnapshot[] = [];
     for (const [name, stat] of this.#stats) {
-      if (stat instanceof Histogram) {
-        rows.push({ name, type: 'histogram', value: stat.count, histogram: stat.snapshot() });
-      } else {
-        rows.push({ name, type: stat instanceof Counter ? 'counter' : 'gauge', value: stat.value });
-      }
+      const tags = this.#tags.get(name);
+      const row: StatSnapshot =
+        stat instanceof Histogram
+          ? { name, type: 'histogram', value: stat.count, histogram: stat.snapshot() }
+          : { name, type: stat instanceof Counter ? 'counter' : 'gauge', value: stat.value };
+      rows.push(tags === undefined ? row : { ...row, tags });
     }
     return rows.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
-  #get<T extends Stat>(name: string, kind: new () => T): T {
+  #get<T extends Stat>(name: string, kind: new () => T, tags: StatTags | undefined): T {
     const existing = this.#stats.get(name);
     if (existing !== undefined) {
       if (!(existing instanceof kind)) {
@@ -163,6 +182,7 @@ export class StatsRegistry {
     }
     const created = new kind();
     this.#stats.set(name, created);
+    if (tags !== undefined) this.#tags.set(name, tags);
     return created;
   }
 }

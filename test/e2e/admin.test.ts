@@ -51,7 +51,8 @@ describe('the admin server', () => {
     for (const [query, reason] of [
       ['filter=(', /^filter is not a valid regular expression: /],
       ['hidden=maybe', /^hidden must be include, exclude or only, not "maybe"/],
-      ['format=xml', /^unknown \/stats parameter "format"; known: filter, hidden/],
+      ['format=xml', /^format must be json, prometheus or text, not "xml"/],
+      ['usedonly=1', /^unknown \/stats parameter "usedonly"; known: filter, hidden/],
     ] as const) {
       const reply = await request(admin(), `/stats?${query}`);
       assert.equal(reply.status, 400, query);
