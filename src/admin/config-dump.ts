@@ -17,7 +17,7 @@
 export const redacted = '[redacted]';
 
 /** Keys whose value is a secret (matched on whole `_`-separated words of the key). */
-const secretWord = /(^|_)(token|tokens|secret|secrets|password|passphrase|sha256|private)(_|$)/;
+const secretWord = /(^|_)(token|secret|secrets|password|passphrase|sha256|private)(_|$)/;
 
 /** Keys that name a secret's place or carrier, not the secret: file paths and header names. */
 const notSecret = /(_file|_files|_header|_headers|_path)$/;
