@@ -121,7 +121,11 @@ describe('GET /tunnels', () => {
     try {
       for (const admin of [responder.addresses.admin!, initiator.addresses.admin!]) {
         const [row] = (await tunnelsOf(admin)).tunnels;
-        assert.deepEqual([row!.state, row!.streams_in_flight], ['in_use', 1], admin.port.toString());
+        assert.deepEqual(
+          [row!.state, row!.streams_in_flight],
+          ['in_use', 1],
+          admin.port.toString(),
+        );
       }
     } finally {
       release();
@@ -242,7 +246,7 @@ describe('the admin token, /config_dump, /drain and the dashboard', () => {
     const reply = await request(responder.addresses.admin!, '/dashboard');
     assert.equal(reply.status, 200);
     assert.match(reply.headers['content-type'] ?? '', /^text\/html; charset=utf-8/);
-    const csp = reply.headers['content-security-policy'] ?? '';
+    const csp = String(reply.headers['content-security-policy'] ?? '');
     assert.match(csp, /default-src 'none'/);
     assert.match(csp, /frame-ancestors 'none'/);
     const nonce = /script-src 'nonce-([A-Za-z0-9+/=]+)'/.exec(csp)?.[1];
