@@ -165,7 +165,7 @@ function requestCount(map) {
   return sum(map, /(^|\\.)upstream_rq_total$/);
 }
 const errorPattern = /(^|\\.)(downstream_rq_5xx|upstream_rq_5xx|downstream_rq_503|downstream_rq_504|upstream_cx_none_healthy|upstream_cx_connect_fail|upstream_rq_timeout)$/;
-const handshakeFailurePattern = /^reverse_tunnel\\.handshake\\.(?!accepted$)[a-z_]+$|\\.result\\.failed$/;
+const handshakeFailurePattern = /^reverse_tunnel\\.handshake\\.(parse_error|validation_failed|rejected|body_rejected|timeout|jwt_denied|auth_denied|tls_error|conflict)$|\\.result\\.failed$/;
 
 function bytes(n) {
   if (n < 1024) return n + ' B';
