@@ -131,15 +131,20 @@ async function get(path) {
 }
 
 /** Stats as a name → number map: the JSON form, else the text form. */
+let jsonStats = true;
 async function stats() {
-  const json = await get('/stats?format=json');
   const map = new Map();
-  if (json.ok && (json.headers.get('content-type') || '').includes('json')) {
-    const body = await json.json();
-    for (const row of body.stats || []) {
-      if (typeof row.value === 'number') map.set(row.name, row.value);
+  if (jsonStats) {
+    const json = await get('/stats?format=json');
+    if (json.ok && (json.headers.get('content-type') || '').includes('json')) {
+      const body = await json.json();
+      for (const row of body.stats || []) {
+        if (typeof row.value === 'number') map.set(row.name, row.value);
+      }
+      return map;
     }
-    return map;
+    // A server without the JSON form (400): use the text form from now on.
+    if (json.status === 400) jsonStats = false;
   }
   const text = await get('/stats');
   if (!text.ok) throw new Error('/stats answered ' + text.status);
