@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { startInitiator, type Initiator } from '../../src/initiator/initiator.ts';
 import { sandboxConfigs, startSandbox, type Sandbox } from '../../src/sandbox/sandbox.ts';
+import { request } from '../helpers/http.ts';
 import { tunnelsRegistered } from '../helpers/tunnels.ts';
 
 const chromiumPath = '/usr/bin/chromium';
@@ -81,6 +82,14 @@ describe('the dashboard in headless Chromium', () => {
     await registered;
     await rows.filter({ hasText: secondNode }).first().waitFor({ timeout: waitMs });
     await page.locator('#nodes', { hasText: '2' }).waitFor({ timeout: waitMs });
+
+    // A request through the tunnel shows in the request count (counter deltas make the rate).
+    const egress = responder.addresses.egress[0]!;
+    const reply = await request(egress, '/downstream_service', {
+      headers: { 'x-node-id': firstNode },
+    });
+    assert.equal(reply.status, 200, reply.text);
+    await page.locator('#requests', { hasText: /^[1-9]\d* total$/ }).waitFor({ timeout: waitMs });
     await mkdir(results, { recursive: true });
     await page.screenshot({ path: new URL('dashboard.png', results).pathname, fullPage: true });
     assert.equal(navigations, 0, 'the page was not reloaded');
