@@ -1,13 +1,17 @@
 /**
- * The admin server on both sides: `GET /stats` in Envoy's text format and `GET /ready`. It renders
- * snapshots handed to it and owns no state. It binds where it is told; the configs default to
- * loopback and nothing here widens that.
+ * The admin server on both sides: `GET /stats` in Envoy's text format, `GET /ready`, `GET /healthz`,
+ * `GET /tunnels`, `GET /config_dump`, `POST /drain` and the dashboard (`GET /dashboard`); the
+ * endpoints are described in docs/admin-api.md. It renders snapshots handed to it and owns no
+ * state. It binds where it is told; the configs default to loopback and nothing here widens that.
  *
- * With a token file (`admin.token_file`, read once at start), every request but `GET /ready` must
- * carry `authorization: Bearer <token>` (RFC 6750 §2.1), else 401 with `www-authenticate: Bearer`
- * (§3). `/ready` stays open so that load balancer and Kubernetes probes, which often cannot send
- * a secret, keep working; it tells only LIVE or DRAINING. The token is compared in constant time
- * (as SHA-256 digests, so its length does not leak either) and never appears in any answer.
+ * With a token file (`admin.token_file`, read once at start), every request but the probes and the
+ * dashboard page must carry `authorization: Bearer <token>` (RFC 6750 §2.1), else 401 with
+ * `www-authenticate: Bearer` (§3). `/ready` and `/healthz` stay open so that load balancer and
+ * Kubernetes probes, which often cannot send a secret, keep working; they tell only LIVE or
+ * DRAINING, and OK. `/dashboard` stays open because a browser cannot send a bearer token when it
+ * navigates and the page holds no data: the data it polls needs the token (see dashboard.ts). The
+ * token is compared in constant time (as SHA-256 digests, so its length does not leak either) and
+ * never appears in any answer.
  *
  * `/stats` accepts Envoy's `filter=<regex>` and `hidden=include|exclude|only`. revtun hides no
  * tunnel gauges (reference §12 #19), so `hidden=include` and the default list the same stats and
@@ -22,7 +26,10 @@ import { openLineLog, type LineLog } from '../shared/lifecycle-log.ts';
 import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { Counter, StatSnapshot, StatsRegistry } from '../shared/stats.ts';
+import { maskSecrets } from './config-dump.ts';
+import { dashboardPage } from './dashboard.ts';
 import { answerStats } from './stats-endpoint.ts';
+import type { TunnelRow, TunnelsResponse } from './tunnels.ts';
 
 export interface AdminServerOptions {
   readonly address: HostPort;
@@ -36,7 +43,31 @@ export interface AdminServerOptions {
   readonly accessLog?: { readonly path: string; readonly dropped: Counter } | undefined;
   /** A file holding the bearer token requests must carry; read by `listen()`. None: no token. */
   readonly tokenFile?: string | undefined;
+  /** Which role serves: named in `GET /tunnels`. */
+  readonly role?: TunnelsResponse['role'] | undefined;
+  /** The role's tunnels now, one row per tunnel socket (`GET /tunnels`). None: an empty list. */
+  readonly tunnels?: (() => readonly TunnelRow[]) | undefined;
+  /** The role's effective config (`GET /config_dump`, secrets masked here). */
+  readonly config?: (() => unknown) | undefined;
+  /** Starts the role's drain (`POST /drain`); `ready()` answers false from then on. */
+  readonly drain?: (() => void) | undefined;
 }
+
+/** The endpoints, as `GET /` lists them. */
+const endpointList = [
+  'revtun admin endpoints:',
+  '  GET  /dashboard      live dashboard (open in a browser; add #token=TOKEN if one is set)',
+  '  GET  /stats[?filter=REGEX&hidden=include|exclude|only]',
+  '  GET  /tunnels[?node=ID]  every tunnel, as JSON',
+  '  GET  /config_dump    the effective config, secrets masked, as JSON',
+  '  POST /drain          start draining (then /ready answers 503 DRAINING)',
+  '  GET  /ready          LIVE or DRAINING (no token needed)',
+  '  GET  /healthz        OK while the process serves (no token needed)',
+  '',
+].join('\n');
+
+/** Paths that need no token: probes, and the dashboard page, which holds no data. */
+const openPaths = new Set(['/ready', '/healthz', '/dashboard']);
 
 /** What a role's config says of its admin server. */
 export interface AdminConfig {
@@ -54,7 +85,16 @@ const maxTokenFileBytes = 4096;
  */
 export function adminServerFor(
   config: AdminConfig | undefined,
-  role: { what: string; stats: StatsRegistry; ready: () => boolean; logger: Logger },
+  role: {
+    what: string;
+    stats: StatsRegistry;
+    ready: () => boolean;
+    logger: Logger;
+    role?: TunnelsResponse['role'] | undefined;
+    tunnels?: (() => readonly TunnelRow[]) | undefined;
+    config?: (() => unknown) | undefined;
+    drain?: (() => void) | undefined;
+  },
 ): AdminServer | undefined {
   if (config === undefined) return undefined;
   const { stats } = role;
@@ -72,6 +112,10 @@ export function adminServerFor(
             dropped: stats.counter('revtun.admin_access_log.dropped'),
           },
     tokenFile: config.token_file,
+    role: role.role,
+    tunnels: role.tunnels,
+    config: role.config,
+    drain: role.drain,
   });
 }
 
@@ -116,12 +160,16 @@ export class AdminServer {
   #handle(request: IncomingMessage, response: ServerResponse): void {
     if (this.#accessLog !== undefined) logAccess(this.#accessLog, request, response);
     const url = new URL(request.url ?? '/', 'http://admin');
-    const probe =
-      url.pathname === '/ready' && (request.method === 'GET' || request.method === 'HEAD');
-    if (!probe && !this.#authorized(request)) {
+    const open =
+      openPaths.has(url.pathname) && (request.method === 'GET' || request.method === 'HEAD');
+    if (!open && !this.#authorized(request)) {
       text(response, 401, 'unauthorized: send authorization: Bearer <the admin token>\n', {
         'www-authenticate': 'Bearer realm="revtun admin"',
       });
+      return;
+    }
+    if (url.pathname === '/drain') {
+      this.#drain(request, response);
       return;
     }
     if (request.method !== 'GET' && request.method !== 'HEAD') {
@@ -141,16 +189,68 @@ export class AdminServer {
         if (this.#options.ready()) text(response, 200, 'LIVE\n');
         else text(response, 503, 'DRAINING\n');
         return;
+      case '/healthz':
+        // Liveness: the process answers, draining or not (readiness is /ready).
+        text(response, 200, 'OK\n');
+        return;
+      case '/tunnels':
+        this.#tunnels(url, response);
+        return;
+      case '/config_dump':
+        json(response, 200, maskSecrets(this.#options.config?.() ?? {}));
+        return;
+      case '/dashboard':
+        this.#dashboard(response);
+        return;
       case '/':
-        text(
-          response,
-          200,
-          'revtun admin: GET /stats[?filter=REGEX&hidden=include|exclude|only], GET /ready\n',
-        );
+        text(response, 200, endpointList);
         return;
       default:
-        text(response, 404, `no admin endpoint ${url.pathname}; try /stats or /ready\n`);
+        text(response, 404, `no admin endpoint ${url.pathname}; GET / lists them\n`);
     }
+  }
+
+  /** `POST /drain`: starts the drain once; later calls answer the same (it is idempotent). */
+  #drain(request: IncomingMessage, response: ServerResponse): void {
+    if (request.method !== 'POST') {
+      text(response, 405, 'method not allowed: /drain answers POST\n', { allow: 'POST' });
+      return;
+    }
+    // The body, if any, means nothing; it is read and dropped so the connection stays usable.
+    request.resume();
+    if (this.#options.drain === undefined) {
+      text(response, 501, 'this server has no role to drain\n');
+      return;
+    }
+    this.#options.drain();
+    text(response, 202, 'draining: new tunnels and requests are refused; /ready answers 503\n');
+  }
+
+  #tunnels(url: URL, response: ServerResponse): void {
+    for (const key of url.searchParams.keys()) {
+      if (key !== 'node') {
+        text(response, 400, `unknown /tunnels parameter "${key}"; known: node\n`);
+        return;
+      }
+    }
+    const node = url.searchParams.get('node');
+    const rows = this.#options.tunnels?.() ?? [];
+    const body: TunnelsResponse = {
+      role: this.#options.role ?? 'responder',
+      now: new Date().toISOString(),
+      tunnels: node === null ? rows : rows.filter((row) => row.node === node),
+    };
+    json(response, 200, body);
+  }
+
+  #dashboard(response: ServerResponse): void {
+    const page = dashboardPage();
+    send(response, 200, page.html, {
+      'content-type': 'text/html; charset=utf-8',
+      'content-security-policy': page.csp,
+      'x-content-type-options': 'nosniff',
+      'referrer-policy': 'no-referrer',
+    });
   }
 
   /** True without a token file, else when the request carries the token. */
@@ -202,8 +302,23 @@ function text(
   body: string,
   headers: Record<string, string> = {},
 ): void {
+  send(response, status, body, { 'content-type': 'text/plain; charset=utf-8', ...headers });
+}
+
+function json(response: ServerResponse, status: number, value: unknown): void {
+  send(response, status, `${JSON.stringify(value, null, 2)}\n`, {
+    'content-type': 'application/json',
+  });
+}
+
+/** One whole answer; `headers` must name its content-type. */
+function send(
+  response: ServerResponse,
+  status: number,
+  body: string,
+  headers: Record<string, string>,
+): void {
   const fields = {
-    'content-type': 'text/plain; charset=utf-8',
     'content-length': Buffer.byteLength(body),
     'cache-control': 'no-cache',
     ...headers,

@@ -22,6 +22,7 @@ import {
   type Identity,
 } from '../protocol/handshake.ts';
 import { ResponseHeadParser } from '../protocol/http1-head.ts';
+import type { TunnelRow } from '../admin/tunnels.ts';
 import { formatHostPort, type HostPort } from '../shared/address.ts';
 import { Backoff } from '../shared/backoff.ts';
 import { describeError } from '../shared/errors.ts';
@@ -171,6 +172,44 @@ export class HostDialler {
       slot.tunnel?.destroy();
     }
     for (const tunnel of this.#draining) tunnel.destroy();
+  }
+
+  /**
+   * One row per tunnel of this host (`GET /tunnels`): slots dialling or handshaking, established
+   * tunnels, and tunnels the responder drains that still finish their streams.
+   */
+  tunnelRows(): TunnelRow[] {
+    const { identity } = this.#options;
+    const row = (socket: Socket | undefined, tunnel: InitiatorTunnel | undefined): TunnelRow => ({
+      node: identity.nodeId,
+      cluster: identity.clusterId,
+      tenant: identity.tenantId,
+      remote_address:
+        socket?.remoteAddress === undefined
+          ? this.hostText
+          : formatHostPort({ host: socket.remoteAddress, port: socket.remotePort ?? 0 }),
+      responder: this.hostText,
+      state:
+        tunnel === undefined
+          ? 'connecting'
+          : tunnel.draining || this.#draining.has(tunnel)
+            ? 'draining'
+            : tunnel.streamsInFlight > 0
+              ? 'in_use'
+              : 'idle',
+      established_at: tunnel === undefined ? null : new Date(tunnel.establishedAt).toISOString(),
+      streams_in_flight: tunnel?.streamsInFlight ?? 0,
+      bytes_sent: socket?.bytesWritten ?? 0,
+      bytes_received: socket?.bytesRead ?? 0,
+      last_ping_rtt_ms: tunnel?.lastPingRttMs ?? null,
+    });
+    const rows: TunnelRow[] = [];
+    for (const slot of this.#slots) {
+      if (slot.state === 'connecting') rows.push(row(slot.socket, undefined));
+      else if (slot.tunnel !== undefined) rows.push(row(slot.tunnel.socket, slot.tunnel));
+    }
+    for (const tunnel of this.#draining) rows.push(row(tunnel.socket, tunnel));
+    return rows;
   }
 
   #fill(): void {

@@ -13,6 +13,7 @@ import type {
   InitiatorConfigInput,
   RemoteClusterConfig,
 } from '../config/schema.ts';
+import type { TunnelRow } from '../admin/tunnels.ts';
 import type { HostPort } from '../shared/address.ts';
 import {
   deadline,
@@ -79,6 +80,7 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
   readonly #lifecycleLog: LifecycleSink | undefined;
   #addresses: InitiatorAddresses | undefined;
   #ready = false;
+  #draining = false;
   readonly #signal: AbortSignal | undefined;
   #detachSignal = () => {};
 
@@ -104,6 +106,10 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
       stats: this.stats,
       ready: () => this.#ready,
       logger,
+      role: 'initiator',
+      tunnels: () => this.tunnelRows(),
+      config: () => this.config,
+      drain: () => this.drain(),
     });
   }
 
@@ -157,6 +163,26 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
     );
     this.#ready = true;
     this.#detachSignal = onAbort(this.#signal, () => void this.close());
+  }
+
+  /** One row per tunnel slot that is dialling or up, per host (the admin server's `GET /tunnels`). */
+  tunnelRows(): TunnelRow[] {
+    return [...this.#diallers].flatMap((dialler) => dialler.tunnelRows());
+  }
+
+  /**
+   * Starts the drain without closing (`POST /drain`; `close()` does the same first): `/ready`
+   * answers DRAINING, no host is dialled any more, idle tunnels close and active ones get GOAWAY
+   * and finish their streams. The process keeps running, its admin server included, until
+   * `close()` (SIGTERM). Idempotent.
+   */
+  drain(): void {
+    if (this.#draining) return;
+    this.#draining = true;
+    this.#ready = false;
+    this.#logger.info('draining');
+    for (const resolver of this.#resolvers) resolver.close();
+    for (const dialler of this.#diallers) void dialler.close();
   }
 
   /**

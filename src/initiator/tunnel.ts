@@ -69,6 +69,10 @@ export class InitiatorTunnel {
   /** What is left of the peer-reset budget, and when it was last refilled. */
   #resetTokens = peerResetBurst;
   #resetRefilledAt = Date.now();
+  #streamsInFlight = 0;
+  #lastPingRttMs: number | null = null;
+  /** GOAWAY sent or received: the tunnel takes no new streams. */
+  #draining = false;
 
   constructor(socket: Socket, options: InitiatorTunnelOptions) {
     this.socket = socket;
@@ -78,6 +82,21 @@ export class InitiatorTunnel {
   /** True once HTTP/2 runs on the tunnel. */
   get active(): boolean {
     return this.#session !== undefined;
+  }
+
+  /** Streams open on the HTTP/2 session now. */
+  get streamsInFlight(): number {
+    return this.#streamsInFlight;
+  }
+
+  /** Round trip of the last acknowledged HTTP/2 PING, ms; null before the first (or while idle). */
+  get lastPingRttMs(): number | null {
+    return this.#lastPingRttMs;
+  }
+
+  /** True once either side sent GOAWAY. */
+  get draining(): boolean {
+    return this.#draining;
   }
 
   /** Starts echo mode with the bytes that followed the handshake response. */
@@ -92,6 +111,7 @@ export class InitiatorTunnel {
   /** Graceful: GOAWAY on an active tunnel (streams finish), a plain close on an idle one. */
   close(): void {
     if (this.#session !== undefined) {
+      this.#draining = true;
       if (!this.#session.closed) this.#session.close();
       return;
     }
@@ -140,6 +160,9 @@ export class InitiatorTunnel {
     keepAlive(session, {
       intervalMs: this.#options.limits.ping_interval,
       timeoutMs: this.#options.limits.ping_timeout,
+      onRoundTrip: (ms) => {
+        this.#lastPingRttMs = ms;
+      },
       onTimeout: () => {
         session.destroy();
         this.#finish('http2_keepalive_timeout');
@@ -147,14 +170,19 @@ export class InitiatorTunnel {
       ...(this.#options.onPingRtt === undefined ? {} : { onRoundTrip: this.#options.onPingRtt }),
     });
     session.on('stream', (stream: ServerHttp2Stream) => {
+      this.#streamsInFlight += 1;
       stream.once('close', () => {
+        this.#streamsInFlight -= 1;
         if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && !stream.headersSent) {
           this.#onPeerReset(session);
         }
       });
     });
     session.on('close', () => this.#finish('http2_closed'));
-    session.once('goaway', () => this.#options.onDraining?.());
+    session.once('goaway', () => {
+      this.#draining = true;
+      this.#options.onDraining?.();
+    });
   }
 
   /** A stream the peer reset before it was answered: spends one token of the budget. */

@@ -51,6 +51,9 @@ export class IdleTunnel {
   #owed = 0;
   #misses = 0;
   #lastAckAt = Date.now();
+  /** When the ping in flight was written, for its round trip. */
+  #pingSentAt = 0;
+  #lastPingRttMs: number | null = null;
   #pingTimer: NodeJS.Timeout | undefined;
   #deadlineTimer: NodeJS.Timeout | undefined;
   #cleanWaiters: Array<() => void> = [];
@@ -73,6 +76,11 @@ export class IdleTunnel {
   /** When the last echo arrived (or registration, before the first). */
   get lastAckAt(): number {
     return this.#lastAckAt;
+  }
+
+  /** Round trip of the last RPING echoed in time, ms, or null before the first. */
+  get lastPingRttMs(): number | null {
+    return this.#lastPingRttMs;
   }
 
   /**
@@ -144,6 +152,7 @@ export class IdleTunnel {
     this.#pingTimer = undefined;
     if (this.#state !== 'idle') return;
     this.#owed += 1;
+    this.#pingSentAt = Date.now();
     this.socket.write(RPING, (error) => {
       if (error) this.#close('idle_ping_write_failure', error);
     });
@@ -179,6 +188,7 @@ export class IdleTunnel {
     // cancels the deadline and re-arms the send timer, whatever older pings are still owed. The
     // owed count stays exact for checkout, which needs no echo to be owed at all.
     if (this.#deadlineTimer !== undefined) {
+      this.#lastPingRttMs = this.#lastAckAt - this.#pingSentAt;
       clearTimeout(this.#deadlineTimer);
       this.#deadlineTimer = undefined;
       this.#armPing();

@@ -11,7 +11,9 @@
  * `tenant:node` and `tenant:cluster`, so one tenant's ids never find another tenant's tunnels.
  */
 import type { Socket } from 'node:net';
+import type { TunnelRow } from '../admin/tunnels.ts';
 import type { AcceptedHandshake, Identity } from '../protocol/handshake.ts';
+import { formatHostPort } from '../shared/address.ts';
 import { isRevtunError, RevtunError } from '../shared/errors.ts';
 import type { Http2LimitsConfig } from '../shared/http2-limits.ts';
 import type { Logger } from '../shared/logger.ts';
@@ -33,6 +35,10 @@ export interface TunnelInfo {
   readonly connectionId: number;
   readonly initiatorWorkerId: string | undefined;
   readonly initiatorConnectionId: string | undefined;
+  /** The initiator end of the connection, `host:port`, taken at registration (for listings). */
+  readonly remoteAddress: string;
+  /** When the tunnel was registered, epoch ms. */
+  readonly establishedAt: number;
 }
 
 /** Envoy's responder lifecycle events (brt/upstream_socket_interface/reverse_tunnel_lifecycle_info.h). */
@@ -273,6 +279,11 @@ export class TunnelRegistry {
       connectionId,
       initiatorWorkerId: handshake.initiatorWorkerId,
       initiatorConnectionId: handshake.initiatorConnectionId,
+      remoteAddress: formatHostPort({
+        host: socket.remoteAddress ?? 'unknown',
+        port: socket.remotePort ?? 0,
+      }),
+      establishedAt: Date.now(),
     };
     const node = this.#nodeFor(identity);
     if (node.tunnels === 0) node.credential = credential;
@@ -457,6 +468,40 @@ export class TunnelRegistry {
     }));
   }
 
+  /**
+   * One row per tunnel socket, idle or carrying a session (`GET /tunnels`). `responder` names this
+   * end (the tunnel listener's address). Bytes are the socket's own counts, which for a checked-out
+   * tunnel include the idle phase's RPING bytes; a checkout in progress is in neither list and
+   * is left out for that moment.
+   */
+  tunnelRows(responder: string): TunnelRow[] {
+    const rows: TunnelRow[] = [];
+    for (const node of this.#nodes.values()) {
+      for (const idle of node.idle) {
+        const info = this.#infos.get(idle) as TunnelInfo;
+        rows.push(
+          tunnelRow(node, info, responder, idle.socket, {
+            state: 'idle',
+            streams: 0,
+            rtt: idle.lastPingRttMs,
+          }),
+        );
+      }
+      for (const session of node.sessions) {
+        const info = this.#infos.get(session) as TunnelInfo;
+        const streams = session.inFlight;
+        rows.push(
+          tunnelRow(node, info, responder, session.socket, {
+            state: session.draining ? 'draining' : streams > 0 ? 'in_use' : 'idle',
+            streams,
+            rtt: session.lastPingRttMs,
+          }),
+        );
+      }
+    }
+    return rows;
+  }
+
   /** Stops taking tunnels, closes idle ones and sends GOAWAY on live sessions. */
   drain(): void {
     this.#closed = true;
@@ -522,6 +567,7 @@ export class TunnelRegistry {
       },
     });
     node.sessions.push(session);
+    this.#infos.set(session, info);
     this.#options.onEvent(info, { event: 'socket_handoff', socketState: 'handed_off' });
     return session;
   }
@@ -678,6 +724,28 @@ export class TunnelRegistry {
       for (const waiter of waiters) waiter();
     }
   }
+}
+
+function tunnelRow(
+  node: NodeEntry,
+  info: TunnelInfo,
+  responder: string,
+  socket: Socket,
+  now: { state: TunnelRow['state']; streams: number; rtt: number | null },
+): TunnelRow {
+  return {
+    node: node.nodeId,
+    cluster: node.clusterId,
+    tenant: node.tenantId,
+    remote_address: info.remoteAddress,
+    responder,
+    state: now.state,
+    established_at: new Date(info.establishedAt).toISOString(),
+    streams_in_flight: now.streams,
+    bytes_sent: socket.bytesWritten,
+    bytes_received: socket.bytesRead,
+    last_ping_rtt_ms: now.rtt,
+  };
 }
 
 function removeFrom<T>(list: T[], item: T): void {

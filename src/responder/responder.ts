@@ -7,7 +7,8 @@ import { validateResponderConfig } from '../config/load.ts';
 import { assertSecure } from '../config/security.ts';
 import type { ResponderConfig, ResponderConfigInput } from '../config/schema.ts';
 import type { Identity } from '../protocol/handshake.ts';
-import type { HostPort } from '../shared/address.ts';
+import type { TunnelRow } from '../admin/tunnels.ts';
+import { formatHostPort, type HostPort } from '../shared/address.ts';
 import {
   deadline,
   defaultGraceMs,
@@ -68,6 +69,7 @@ export class Responder extends EventEmitter<ResponderEvents> {
   readonly #lifecycleLog: LifecycleSink | undefined;
   #addresses: ResponderAddresses | undefined;
   #ready = false;
+  #draining = false;
   readonly #signal: AbortSignal | undefined;
   #detachSignal = () => {};
 
@@ -139,6 +141,10 @@ export class Responder extends EventEmitter<ResponderEvents> {
       stats: this.stats,
       ready: () => this.#ready,
       logger,
+      role: 'responder',
+      tunnels: () => this.tunnelRows(),
+      config: () => this.config,
+      drain: () => this.drain(),
     });
   }
 
@@ -184,6 +190,32 @@ export class Responder extends EventEmitter<ResponderEvents> {
   /** Connected nodes with their idle tunnels and live HTTP/2 sessions. */
   tunnels(): ReturnType<TunnelRegistry['nodes']> {
     return this.#registry.nodes();
+  }
+
+  /** One row per tunnel socket, idle or in use (the admin server's `GET /tunnels`). */
+  tunnelRows(): TunnelRow[] {
+    const tunnel = this.#addresses?.tunnel;
+    return this.#registry.tunnelRows(tunnel === undefined ? '' : formatHostPort(tunnel));
+  }
+
+  /**
+   * Starts the drain without closing (`POST /drain`; `close()` does the same first): `/ready`
+   * answers DRAINING, no tunnel or caller connection is accepted any more, idle tunnels close and
+   * live ones get GOAWAY, so initiators move to other responders. The process keeps running, its
+   * admin server included, until `close()` (SIGTERM). Idempotent.
+   */
+  drain(): void {
+    if (this.#draining) return;
+    this.#draining = true;
+    this.#ready = false;
+    this.#logger.info('draining');
+    const done = Promise.all([
+      this.#tunnelListener.close(),
+      ...this.#egress.map((listener) => listener.drain()),
+      ...this.#tcp.map((listener) => listener.drain()),
+    ]);
+    done.catch((error: unknown) => this.#logger.warn({ err: error }, 'drain failed'));
+    this.#registry.drain();
   }
 
   /** Use `startResponder`. */

@@ -54,6 +54,7 @@ export class TunnelSession {
   #peerLimit: number | undefined;
   #keepaliveTimedOut = false;
   #settingsReceived = false;
+  #lastPingRttMs: number | null = null;
 
   constructor(socket: Socket, options: TunnelSessionOptions) {
     this.identity = options.identity;
@@ -89,7 +90,10 @@ export class TunnelSession {
     keepAlive(this.#session, {
       intervalMs: options.limits.ping_interval,
       timeoutMs: options.limits.ping_timeout,
-      ...(options.onPingAck === undefined ? {} : { onRoundTrip: options.onPingAck }),
+      onRoundTrip: (ms) => {
+        this.#lastPingRttMs = ms;
+        options.onPingAck?.(ms);
+      },
       onTimeout: () => {
         // The initiator or the link is gone: fail the streams now rather than when TCP gives up.
         this.#keepaliveTimedOut = true;
@@ -106,6 +110,16 @@ export class TunnelSession {
       this.#closed = true;
       this.#options.onClose(this, this.#error, this.#closedLocally);
     });
+  }
+
+  /** The tunnel's TCP (or TLS) socket, for listings: addresses and byte counts. */
+  get socket(): Socket {
+    return this.#socket;
+  }
+
+  /** Round trip of the last acknowledged keepalive PING, ms, or null before the first. */
+  get lastPingRttMs(): number | null {
+    return this.#lastPingRttMs;
   }
 
   get inFlight(): number {
