@@ -92,11 +92,7 @@ export async function checkConfig(
       : checkRevtun(text, file, chosen, output);
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
-    const what = syntaxOnly
-      ? 'YAML'
-      : chosen === 'envoy'
-        ? 'Envoy bootstrap'
-        : `${chosen} config`;
+    const what = syntaxOnly ? 'YAML' : chosen === 'envoy' ? 'Envoy bootstrap' : `${chosen} config`;
     reportProblems(file, chosen, what, error.problems, text, output);
     return exitInvalid;
   }
@@ -142,7 +138,9 @@ function checkEnvoy(text: string, file: string, output: CheckOutput): number {
         : responderSummary(config as ResponderConfig);
     for (const line of lines) output.out(`    ${line}`);
     for (const problem of insecurityProblems(role, config)) {
-      output.err(`${file}: warning: ${problem} (revtun envoy starts it only with --allow-insecure)`);
+      output.err(
+        `${file}: warning: ${problem} (revtun envoy starts it only with --allow-insecure)`,
+      );
     }
   }
   return exitValid;
@@ -196,7 +194,8 @@ export function responderSummary(config: ResponderConfig): string[] {
   ];
   for (const egress of config.egress_listeners) {
     const routes = egress.routes.map((route) => route.prefix ?? `${route.path ?? ''} (exact)`);
-    const callers = egress.callers === undefined ? 'any caller' : `${egress.callers.length} caller(s)`;
+    const callers =
+      egress.callers === undefined ? 'any caller' : `${egress.callers.length} caller(s)`;
     lines.push(
       `egress listener ${formatHostPort(egress.address)}, routes ${routes.join(' ')}, TLS ${onOff(egress.tls !== undefined)}, ${callers}`,
     );
@@ -243,16 +242,18 @@ export function parsePath(path: string): KeyPath {
  * a duration without a unit or with a foreign one, a listener written as a bare port, a header in
  * capitals, a YAML key written twice, and routes in the wrong order.
  */
-export function hintFor(problem: ConfigProblem, role: CheckedRole, text: string): string | undefined {
+export function hintFor(
+  problem: ConfigProblem,
+  role: CheckedRole,
+  text: string,
+): string | undefined {
   const { message } = problem;
   const unknown = /^unknown key "(.+)"$/.exec(message);
   if (unknown !== null && role !== 'envoy') {
     const path = parsePath(problem.path).slice(0, -1);
     const allowed = keysAt(role === 'initiator' ? initiatorSchema : responderSchema, path) ?? [];
     const near = closest(unknown[1] as string, allowed);
-    return near === undefined
-      ? `allowed here: ${allowed.join(', ')}`
-      : `did you mean "${near}"?`;
+    return near === undefined ? `allowed here: ${allowed.join(', ')}` : `did you mean "${near}"?`;
   }
   if (message.startsWith('must be a duration with a unit')) {
     const value = valueOnLine(text, problem.line);
