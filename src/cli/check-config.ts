@@ -131,7 +131,7 @@ function checkEnvoy(text: string, file: string, output: CheckOutput): number {
   ];
   for (const [role, config] of roles) {
     if (config === undefined) continue;
-    output.out(`  runs a ${role}:`);
+    output.out(`  runs ${role === 'initiator' ? 'an' : 'a'} ${role}:`);
     const lines =
       role === 'initiator'
         ? initiatorSummary(config as InitiatorConfig)
