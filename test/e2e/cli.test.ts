@@ -313,11 +313,11 @@ describe('revtun --help and --version', { concurrency }, () => {
       assert.match(text, /^Examples/m, `${name} has no Examples section`);
     }
     for (const command of ['sandbox', 'initiator', 'responder', 'envoy', 'demo-service']) {
-      assert.match(mainHelp, new RegExp(`^  revtun ${command} `, 'm'));
+      assert.match(mainHelp, new RegExp(`^ {2}revtun ${command} `, 'm'));
     }
-    assert.match(mainHelp, /^  revtun check-config FILE /m);
-    assert.match(mainHelp, /^  revtun status --admin URL /m);
-    assert.match(mainHelp, /^Exit codes:\n  0 .*\n  1 .*\n  2 .*\n  130 /m);
+    assert.match(mainHelp, /^ {2}revtun check-config FILE /m);
+    assert.match(mainHelp, /^ {2}revtun status --admin URL /m);
+    assert.match(mainHelp, /^Exit codes:\n {2}0 .*\n {2}1 .*\n {2}2 .*\n {2}130 /m);
   });
 
   it("revtun --version prints package.json's version", async () => {

@@ -77,9 +77,8 @@ describe('a running role prints a line as each tunnel comes up and goes down', (
     });
     initiatorPrinter = new TunnelLines((line) => initiatorLines.push(line));
     printInitiatorTunnels(initiator, initiatorPrinter);
-    await pollUntil(
-      'two tunnel up lines on each end',
-      async () => responderLines.length >= 2 && initiatorLines.length >= 2,
+    await pollUntil('two tunnel up lines on each end', () =>
+      Promise.resolve(responderLines.length >= 2 && initiatorLines.length >= 2),
     );
     for (const line of responderLines) {
       assert.match(line, /^tunnel up: node n1 \(cluster c1, tenant t1\) #\d+$/);
@@ -92,9 +91,10 @@ describe('a running role prints a line as each tunnel comes up and goes down', (
 
   it('and a tunnel down line on the responder when the initiator goes', async () => {
     await initiator?.close({ graceMs: 0 });
-    await pollUntil(
-      'two tunnel down lines on the responder',
-      async () => responderLines.filter((line) => line.startsWith('tunnel down: ')).length >= 2,
+    await pollUntil('two tunnel down lines on the responder', () =>
+      Promise.resolve(
+        responderLines.filter((line) => line.startsWith('tunnel down: ')).length >= 2,
+      ),
     );
     const down = responderLines.filter((line) => line.startsWith('tunnel down: '));
     for (const line of down) {
