@@ -22,7 +22,7 @@ describe('TunnelLines', () => {
     const lines = new TunnelLines((line) => printed.push(line));
     try {
       for (let index = 0; index < 25; index += 1) lines.up(`node n${index}`);
-      lines.down('node n0', 'remote_closed');
+      lines.down('node n0', 'remote_close');
       assert.equal(printed.length, linesPerWindow);
       assert.equal(printed[0], 'tunnel up: node n0');
       assert.equal(printed[19], 'tunnel up: node n19');
