@@ -12,9 +12,6 @@ Usage:
   revtun status --admin URL         list the tunnels of a running initiator or responder
   revtun --version
 
-Every command takes --help and --log-level LEVEL (fatal, error, warn, info, debug, trace or
-silent; default info, warn for the sandbox). Logs are JSON lines on stderr.
-
 Exit codes:
   0     a clean stop (first Ctrl-C or SIGTERM), or a one-shot command that succeeded
   1     a failure at start or run time, an invalid config, or status that got no tunnel list
@@ -26,6 +23,9 @@ Examples:
   revtun check-config examples/sandbox/responder.yaml
   revtun responder --config examples/sandbox/responder.yaml
   revtun status --admin http://127.0.0.1:8889
+
+Every command takes --help and --log-level LEVEL (fatal, error, warn, info, debug, trace or
+silent; default info, warn for the sandbox). Logs are JSON lines on stderr.
 `;
 
 export const checkConfigHelp = `revtun check-config — validate a config file without starting anything
