@@ -77,9 +77,10 @@ export async function checkConfig(
     output.err(`revtun check-config: ${error.message}`);
     return exitUsage;
   }
-  // A YAML syntax error is the same for every role, so any role reports it.
-  const syntaxOnly = role === undefined && detectRole(text) === undefined && hasSyntaxError(text);
-  const chosen = role ?? detectRole(text) ?? (syntaxOnly ? 'responder' : undefined);
+  const detected = role ?? detectRole(text);
+  // A YAML syntax error reads the same for every role, so any role reports it.
+  const syntaxOnly = detected === undefined && hasSyntaxError(text);
+  const chosen = detected ?? (syntaxOnly ? 'responder' : undefined);
   if (chosen === undefined) {
     output.err(
       `revtun check-config: cannot tell whether ${file} is an initiator, a responder or an Envoy bootstrap from its top-level keys; say which with --role initiator|responder|envoy`,
