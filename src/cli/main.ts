@@ -22,15 +22,20 @@ import { sandboxDefaultPorts, startSandbox, type SandboxPorts } from '../sandbox
 import { formatHostPort, parseHostPort } from '../shared/address.ts';
 import { describeError, isRevtunError, RevtunError } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
+import { checkConfig, parseRole } from './check-config.ts';
 import { initiatorFromFlags, responderFromFlags, flagError, type FlagValues } from './flags.ts';
 import {
+  checkConfigHelp,
   demoServiceHelp,
   envoyHelp,
   initiatorHelp,
   mainHelp,
   responderHelp,
   sandboxHelp,
+  statusHelp,
 } from './help.ts';
+import { status } from './status.ts';
+import { printInitiatorTunnels, printResponderTunnels, TunnelLines } from './tunnel-lines.ts';
 
 /** How long a stop may take: in-flight work gets this long, so the whole stop fits in 5 s. */
 const stopGraceMs = 3_000;
@@ -100,6 +105,86 @@ const commands: Record<
     run: runDemoService,
   },
 };
+
+/**
+ * Commands that do one thing and exit with its code (instead of running until a signal); they may
+ * take positional arguments.
+ */
+const oneShotCommands: Record<
+  string,
+  {
+    help: string;
+    options: Options;
+    run: (flags: FlagValues, positionals: string[]) => Promise<number>;
+  }
+> = {
+  'check-config': {
+    help: checkConfigHelp,
+    options: { role: { type: 'string' } },
+    run: runCheckConfig,
+  },
+  status: {
+    help: statusHelp,
+    options: {
+      admin: { type: 'string' },
+      'token-file': { type: 'string' },
+      json: { type: 'boolean' },
+    },
+    run: (flags) =>
+      status(
+        {
+          admin: typeof flags['admin'] === 'string' ? flags['admin'] : undefined,
+          tokenFile: typeof flags['token-file'] === 'string' ? flags['token-file'] : undefined,
+          json: flags['json'] === true,
+        },
+        { out, err: (line) => process.stderr.write(`${line}\n`) },
+      ),
+  },
+};
+
+async function runCheckConfig(flags: FlagValues, positionals: string[]): Promise<number> {
+  const role = parseRole(typeof flags['role'] === 'string' ? flags['role'] : undefined);
+  const [file, ...extra] = positionals;
+  if (file === undefined) throw new RevtunError('ERR_USAGE', 'FILE is required');
+  if (extra.length > 0) {
+    throw new RevtunError('ERR_USAGE', `one FILE at a time, not also ${extra.join(' ')}`);
+  }
+  return checkConfig(file, role, { out, err: (line) => process.stderr.write(`${line}\n`) });
+}
+
+/** Runs a one-shot command; usage errors are exit 2, as for the others. */
+async function runOneShot(name: string, rest: string[]): Promise<number> {
+  const command = oneShotCommands[name];
+  if (command === undefined) return 2;
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: rest,
+      options: { ...common, ...command.options },
+      strict: true,
+      allowPositionals: true,
+    });
+  } catch (error) {
+    process.stderr.write(
+      `revtun ${name}: ${(error as Error).message}; see revtun ${name} --help\n`,
+    );
+    return 2;
+  }
+  if (parsed.values['help'] === true) {
+    process.stdout.write(command.help);
+    return 0;
+  }
+  try {
+    return await command.run(parsed.values, parsed.positionals);
+  } catch (error) {
+    if (isRevtunError(error, 'ERR_USAGE')) {
+      process.stderr.write(`revtun ${name}: ${error.message}; see revtun ${name} --help\n`);
+      return 2;
+    }
+    process.stderr.write(`revtun ${name}: ${describeError(error)}\n`);
+    return 1;
+  }
+}
 
 interface Stoppable {
   close(options: { graceMs: number }): Promise<void>;
@@ -195,7 +280,25 @@ async function runInitiator(flags: FlagValues): Promise<Stoppable> {
   const logger = makeLogger(flags, 'info');
   const initiator = await startExplained(flags, () => startInitiator(config, { logger }));
   printInitiator(initiator, config);
-  return initiator;
+  return printingTunnels((lines) => printInitiatorTunnels(initiator, lines), initiator);
+}
+
+/**
+ * From now on prints a line per tunnel up and down (bounded, see tunnel-lines.ts); `running`'s
+ * close stops that too.
+ */
+function printingTunnels(
+  subscribe: (lines: TunnelLines) => void,
+  running: Stoppable,
+  lines = new TunnelLines(out),
+): Stoppable {
+  subscribe(lines);
+  return {
+    close: async (options) => {
+      lines.close();
+      await running.close(options);
+    },
+  };
 }
 
 function printInitiator(initiator: Initiator, config: InitiatorConfig): void {
@@ -227,7 +330,7 @@ async function runResponder(flags: FlagValues): Promise<Stoppable> {
   const logger = makeLogger(flags, 'info');
   const responder = await startExplained(flags, () => startResponder(config, { logger }));
   printResponder(responder, config);
-  return responder;
+  return printingTunnels((lines) => printResponderTunnels(responder, lines), responder);
 }
 
 function printResponder(responder: Responder, config: ResponderConfig): void {
@@ -290,15 +393,15 @@ async function runEnvoy(flags: FlagValues): Promise<Stoppable> {
       const responder = await startResponder(responderConfig, {
         logger: logger.child({ role: 'responder' }),
       });
-      running.push(responder);
       printResponder(responder, responderConfig);
+      running.push(printingTunnels((lines) => printResponderTunnels(responder, lines), responder));
     }
     if (initiatorConfig !== undefined) {
       const initiator = await startInitiator(initiatorConfig, {
         logger: logger.child({ role: 'initiator' }),
       });
-      running.push(initiator);
       printInitiator(initiator, initiatorConfig);
+      running.push(printingTunnels((lines) => printInitiatorTunnels(initiator, lines), initiator));
     }
   } catch (error) {
     await stopAll.close({ graceMs: 0 });
@@ -459,6 +562,7 @@ async function main(argv: string[]): Promise<number> {
     out(version());
     return 0;
   }
+  if (oneShotCommands[name] !== undefined) return runOneShot(name, rest);
   const command = commands[name];
   if (command === undefined) {
     process.stderr.write(`revtun: unknown command "${name}"\n\n${mainHelp}`);

@@ -11,12 +11,16 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import * as helpTexts from '../../src/cli/help.ts';
 import {
+  checkConfigHelp,
   demoServiceHelp,
+  envoyHelp,
   initiatorHelp,
   mainHelp,
   responderHelp,
   sandboxHelp,
+  statusHelp,
 } from '../../src/cli/help.ts';
 import { readSandboxFile } from '../helpers/envoy-sandbox.ts';
 import { request, type Reply } from '../helpers/http.ts';
@@ -303,6 +307,9 @@ describe('revtun --help and --version', { concurrency }, () => {
     [['initiator', '--help'], initiatorHelp],
     [['responder', '--help'], responderHelp],
     [['demo-service', '--help'], demoServiceHelp],
+    [['envoy', '--help'], envoyHelp],
+    [['check-config', '--help'], checkConfigHelp],
+    [['status', '--help'], statusHelp],
   ] as const) {
     it(`revtun ${args.join(' ')} exits 0 and prints the usage`, async () => {
       const result = await runCli(args);
@@ -311,6 +318,18 @@ describe('revtun --help and --version', { concurrency }, () => {
       assert.equal(result.stderr, '');
     });
   }
+
+  it('every help text has examples, and the usage names every command', () => {
+    for (const [name, text] of Object.entries(helpTexts)) {
+      assert.match(text, /^Examples/m, `${name} has no Examples section`);
+    }
+    for (const command of ['sandbox', 'initiator', 'responder', 'envoy', 'demo-service']) {
+      assert.match(mainHelp, new RegExp(`^ {2}revtun ${command} `, 'm'));
+    }
+    assert.match(mainHelp, /^ {2}revtun check-config FILE /m);
+    assert.match(mainHelp, /^ {2}revtun status --admin URL /m);
+    assert.match(mainHelp, /^Exit codes:\n {2}0 .*\n {2}1 .*\n {2}2 .*\n {2}130 /m);
+  });
 
   it("revtun --version prints package.json's version", async () => {
     const result = await runCli(['--version']);
@@ -423,6 +442,9 @@ describe('the quick start: demo service, responder and initiator as three proces
       initiator.stdout.includes(`  local route /app → http://127.0.0.1:${demoPort}\n`),
       initiator.stdout,
     );
+    // Then one line per tunnel as it comes up, on both ends, on stdout.
+    await initiator.waitForStdout(`tunnel up: upstream-cluster 127.0.0.1:${tunnelPort} #1\n`);
+    await responder.waitForStdout(/^tunnel up: node n1 \(cluster c1, tenant t1\) #\d+$/m);
   });
 
   it('serves /app/x from the demo service once the tunnel is registered', async () => {
