@@ -162,12 +162,12 @@ export class InitiatorTunnel {
       timeoutMs: this.#options.limits.ping_timeout,
       onRoundTrip: (ms) => {
         this.#lastPingRttMs = ms;
+        this.#options.onPingRtt?.(ms);
       },
       onTimeout: () => {
         session.destroy();
         this.#finish('http2_keepalive_timeout');
       },
-      ...(this.#options.onPingRtt === undefined ? {} : { onRoundTrip: this.#options.onPingRtt }),
     });
     session.on('stream', (stream: ServerHttp2Stream) => {
       this.#streamsInFlight += 1;
