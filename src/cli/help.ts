@@ -10,8 +10,9 @@ Usage:
   revtun demo-service [options]     run the sandbox's demo HTTP service alone
   revtun --version
 
-Every command takes --help and --log-level LEVEL (fatal, error, warn, info, debug, trace or
-silent; default info, warn for the sandbox). Logs are JSON lines on stderr.
+Every command takes --help, --log-level LEVEL (fatal, error, warn, info, debug, trace or
+silent; default info, warn for the sandbox) and --log-format json|pretty (default: pretty on a
+terminal, else JSON lines). Logs go to stderr (docs/logging.md).
 `;
 
 export const sandboxHelp = `revtun sandbox — Envoy's reverse-tunnel sandbox on one machine
