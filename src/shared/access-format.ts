@@ -58,7 +58,8 @@ export class AccessRecord {
     this.method = request.method;
     this.path = request.path;
     this.authority = request.authority;
-    this.protocol = request.version === '2' ? 'HTTP/2' : `HTTP/${request.version}` as AccessProtocol;
+    this.protocol =
+      request.version === '2' ? 'HTTP/2' : (`HTTP/${request.version}` as AccessProtocol);
     this.requestHeaders = request.headers;
     this.callerAddress = request.socket?.remoteAddress;
     this.callerPort = request.socket?.remotePort;
@@ -156,7 +157,7 @@ function headerPart(kind: 'REQ' | 'RESP', argument: string, maxLength: number | 
       value =
         kind === 'REQ'
           ? requestHeader(record, name)
-          : headerText(record.responseHeaders?.[name] as string | string[] | number | undefined);
+          : headerText(record.responseHeaders?.[name]);
       if (value !== undefined) break;
     }
     if (value === undefined) return '-';
@@ -258,4 +259,3 @@ export function jsonRecord(record: AccessRecord): string {
     user_agent: headerText(headers['user-agent']) ?? null,
   });
 }
-
