@@ -155,9 +155,7 @@ function headerPart(kind: 'REQ' | 'RESP', argument: string, maxLength: number | 
     let value: string | undefined;
     for (const name of names) {
       value =
-        kind === 'REQ'
-          ? requestHeader(record, name)
-          : headerText(record.responseHeaders?.[name]);
+        kind === 'REQ' ? requestHeader(record, name) : headerText(record.responseHeaders?.[name]);
       if (value !== undefined) break;
     }
     if (value === undefined) return '-';
