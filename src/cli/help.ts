@@ -24,8 +24,9 @@ Examples:
   revtun responder --config examples/sandbox/responder.yaml
   revtun status --admin http://127.0.0.1:8889
 
-Every command takes --help and --log-level LEVEL (fatal, error, warn, info, debug, trace or
-silent; default info, warn for the sandbox). Logs are JSON lines on stderr.
+Every command takes --help, --log-level LEVEL (fatal, error, warn, info, debug, trace or
+silent; default info, warn for the sandbox) and --log-format json|pretty (default: pretty on a
+terminal, else JSON lines). Logs go to stderr (docs/logging.md).
 `;
 
 export const checkConfigHelp = `revtun check-config — validate a config file without starting anything

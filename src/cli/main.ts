@@ -6,7 +6,6 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { pino, type Level } from 'pino';
 import { loadEnvoyBootstrapFile } from '../config/envoy-bootstrap.ts';
 import {
   loadConfigFile,
@@ -21,8 +20,8 @@ import { startDemoService } from '../sandbox/demo-service.ts';
 import { sandboxDefaultPorts, startSandbox, type SandboxPorts } from '../sandbox/sandbox.ts';
 import { formatHostPort, parseHostPort } from '../shared/address.ts';
 import { describeError, isRevtunError, RevtunError } from '../shared/errors.ts';
-import type { Logger } from '../shared/logger.ts';
 import { checkConfig, parseRole } from './check-config.ts';
+import { loggingFlagNames, loggingOptions, makeLogger } from './logging.ts';
 import { initiatorFromFlags, responderFromFlags, flagError, type FlagValues } from './flags.ts';
 import {
   checkConfigHelp,
@@ -44,7 +43,7 @@ type Options = NonNullable<ParseArgsConfig['options']>;
 
 const common: Options = {
   help: { type: 'boolean', short: 'h' },
-  'log-level': { type: 'string' },
+  ...loggingOptions,
 };
 
 const commands: Record<
@@ -199,22 +198,10 @@ const out = (line = '') => {
   if (stdoutOpen) process.stdout.write(`${line}\n`);
 };
 
-function makeLogger(flags: FlagValues, fallback: Level): Logger {
-  const level = typeof flags['log-level'] === 'string' ? flags['log-level'] : fallback;
-  const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-  if (!levels.includes(level)) {
-    throw new RevtunError(
-      'ERR_USAGE',
-      `--log-level must be one of ${levels.join(', ')}, not "${level}"`,
-    );
-  }
-  return pino({ level }, pino.destination({ dest: 2, sync: true }));
-}
-
 function rejectConfigMix(command: string, flags: FlagValues): void {
   if (flags['config'] === undefined) return;
   const mixed = Object.keys(flags).filter(
-    (name) => name !== 'config' && name !== 'log-level' && flags[name] !== undefined,
+    (name) => name !== 'config' && !loggingFlagNames.has(name) && flags[name] !== undefined,
   );
   if (mixed.length > 0) {
     throw new RevtunError(

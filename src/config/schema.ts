@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { parseHostPort, type HostPort } from '../shared/address.ts';
 import { parseDuration } from '../shared/duration.ts';
 import { isRevtunError } from '../shared/errors.ts';
+import { textFormatProblem } from '../shared/access-format.ts';
 import { compileRouteRegex } from '../shared/route-regex.ts';
 import {
   defaultHeaderPrefix,
@@ -68,6 +69,33 @@ const headerPrefix = z
   .regex(/^[A-Za-z0-9-]+$/, 'must be letters, digits and "-", e.g. x-envoy')
   .transform((prefix) => prefix.toLowerCase())
   .default(defaultHeaderPrefix);
+
+/**
+ * An egress listener's access log: JSON lines (default), or text in Envoy's default format or a
+ * `text_format` of Envoy-style `%COMMAND%` operators, checked here so a typo fails at load.
+ */
+const accessLogEntry = z
+  .strictObject({
+    path: z.string().min(1),
+    format: z.enum(['json', 'text']).default('json'),
+    text_format: z
+      .string()
+      .min(1)
+      .superRefine((format, context) => {
+        const problem = textFormatProblem(format);
+        if (problem !== undefined) context.addIssue({ code: 'custom', message: problem });
+      })
+      .optional(),
+  })
+  .superRefine((entry, context) => {
+    if (entry.text_format !== undefined && entry.format !== 'text') {
+      context.addIssue({
+        code: 'custom',
+        path: ['text_format'],
+        message: 'text_format needs format: text',
+      });
+    }
+  });
 
 const admin = z.strictObject({
   /** Where the admin server listens, e.g. 127.0.0.1:8888. Keep it on loopback unless you must. */
@@ -708,6 +736,11 @@ export const responderSchema = z
           address: listenAddress,
           /** Names the listener in its stats: `http.<stat_prefix>.…` (Envoy's HCM stat_prefix). */
           stat_prefix: identifier.default('egress'),
+          /**
+           * One record per request through a tunnel (docs/logging.md), to each entry's file
+           * (`/dev/stdout` and `/dev/stderr` are the process's own). Default: none.
+           */
+          access_log: z.array(accessLogEntry).min(1).optional(),
           /**
            * Request headers that name the host id, tried in order; the first present wins. A value
            * that names a known cluster picks one of its nodes round robin, otherwise it names a node.

@@ -14,6 +14,7 @@ import http, {
 import http2, { type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { Duplex, Readable, Writable } from 'node:stream';
+import type { AccessRecord } from '../shared/access-format.ts';
 import { contentLength, resetStream, stopUpload, watchEndStream } from '../shared/http2-stream.ts';
 
 /** The request side: what the checks read. */
@@ -37,6 +38,10 @@ export interface CallerRequest {
   readonly socket: Socket;
   /** The request has (or may have) a body after its head. */
   readonly hasBody: boolean;
+  /** When the request arrived (performance.now(), ms): downstream_rq_time runs from here. */
+  readonly startedAt: number;
+  /** The access-log record, when the listener has an access log; filled in as the request goes. */
+  access: AccessRecord | undefined;
 }
 
 /** Answers the listener writes itself (refusals, a request script's reply). */
@@ -47,6 +52,8 @@ export interface CallerReply {
   closeAfter(): void;
   /** A whole response with this body; an abort if the head is already out. */
   reply(status: number, headers: OutgoingHttpHeaders, body: Buffer): void;
+  /** The status of the response head sent, 0 while none is. */
+  readonly status: number;
 }
 
 /** A request whose response the listener streams from the tunnel. */
@@ -77,11 +84,15 @@ export interface CallerExchange extends CallerRequest, CallerReply {
    * already.
    */
   onClose(listener: () => void): void;
+  /** The whole response was handed to the connection (not cut off by an abort or the caller). */
+  readonly completed: boolean;
 }
 
 /** The request part of an HTTP/1.1 request, for a plain request and an Upgrade alike. */
 class Http1Request implements CallerRequest {
   readonly request: IncomingMessage;
+  readonly startedAt = performance.now();
+  access: AccessRecord | undefined = undefined;
 
   constructor(request: IncomingMessage) {
     this.request = request;
@@ -168,8 +179,18 @@ export class Http1Exchange extends Http1Request implements CallerExchange {
       this.response.destroy();
       return;
     }
-    this.response.writeHead(status, { ...headers, 'content-length': body.length });
+    const head = { ...headers, 'content-length': body.length };
+    this.response.writeHead(status, head);
     this.response.end(body);
+    if (this.access !== undefined) sentWhole(this.access, head, body);
+  }
+
+  get status(): number {
+    return this.response.headersSent ? this.response.statusCode : 0;
+  }
+
+  get completed(): boolean {
+    return this.response.writableFinished;
   }
 
   sendContinue(): void {
@@ -182,6 +203,7 @@ export class Http1Exchange extends Http1Request implements CallerExchange {
   }
 
   respond(status: number, headers: OutgoingHttpHeaders, endStream: boolean): Writable {
+    if (this.access !== undefined) this.access.responseHeaders = headers;
     this.response.writeHead(status, headers);
     if (endStream) this.response.end();
     return this.response;
@@ -219,6 +241,7 @@ export class Http1Exchange extends Http1Request implements CallerExchange {
 export class UpgradeRequest extends Http1Request implements CallerReply {
   readonly upgradeSocket: Duplex;
   #sent = false;
+  #status = 0;
 
   constructor(request: IncomingMessage, socket: Duplex) {
     super(request);
@@ -233,9 +256,21 @@ export class UpgradeRequest extends Http1Request implements CallerReply {
     // Always: the socket is closed after any answer written here.
   }
 
+  get status(): number {
+    return this.#status;
+  }
+
+  /** The status egress-upgrade.ts wrote on the socket (101, or its refusal). */
+  answered(status: number): void {
+    this.#status = status;
+    if (this.access !== undefined) this.access.status = status;
+  }
+
   reply(status: number, headers: OutgoingHttpHeaders, body: Buffer): void {
     if (this.#sent) return;
     this.#sent = true;
+    this.#status = status;
+    if (this.access !== undefined) sentWhole(this.access, headers, body);
     const lines = [`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? 'Unknown'}`];
     for (const [name, value] of Object.entries({ ...headers, 'content-length': body.length })) {
       if (value === undefined) continue;
@@ -258,6 +293,8 @@ export class Http2Exchange implements CallerExchange {
   readonly authority: string | undefined;
   readonly expectsContinue: boolean;
   readonly hasBody: boolean;
+  readonly startedAt = performance.now();
+  access: AccessRecord | undefined = undefined;
   readonly #rawHeaders: readonly string[];
   /** Whether the caller's upload ended with END_STREAM, not a reset that Node also ends with. */
   readonly #endedByPeer: () => boolean;
@@ -351,11 +388,10 @@ export class Http2Exchange implements CallerExchange {
     }
     // Node ends a HEAD's response with its HEADERS (and a 204's or 304's): no body may follow.
     const bodiless = this.method === 'HEAD' || status === 204 || status === 304;
-    stream.respond(
-      { ...headers, ':status': status, 'content-length': body.length },
-      { endStream: bodiless },
-    );
+    const head = { ...headers, 'content-length': body.length };
+    stream.respond({ ...head, ':status': status }, { endStream: bodiless });
     if (!bodiless) stream.end(body);
+    if (this.access !== undefined) sentWhole(this.access, head, bodiless ? Buffer.alloc(0) : body);
     // The caller may still be sending a body nobody will read: RST_STREAM(NO_ERROR) after the
     // response tells it to stop (RFC 9113 §8.1), once the response has left (stopUpload: a reset
     // sent at once overtakes it, and on Node 22 the caller gets no response at all).
@@ -374,7 +410,16 @@ export class Http2Exchange implements CallerExchange {
     }
   }
 
+  get status(): number {
+    return this.stream.headersSent ? Number(this.stream.sentHeaders[':status'] ?? 0) : 0;
+  }
+
+  get completed(): boolean {
+    return this.stream.writableFinished && this.stream.rstCode === http2.constants.NGHTTP2_NO_ERROR;
+  }
+
   respond(status: number, headers: OutgoingHttpHeaders, endStream: boolean): Writable {
+    if (this.access !== undefined) this.access.responseHeaders = headers;
     this.stream.respond(
       { ...headers, ':status': status },
       endStream ? { endStream: true } : { waitForTrailers: true },
@@ -415,4 +460,10 @@ function countLines(raw: readonly string[], name: string, from: number): number 
 
 function nonEmpty(headers: IncomingHttpHeaders): IncomingHttpHeaders | undefined {
   return Object.keys(headers).length === 0 ? undefined : headers;
+}
+
+/** A whole response the listener wrote itself: its headers and body size in the record. */
+function sentWhole(access: AccessRecord, headers: OutgoingHttpHeaders, body: Buffer): void {
+  access.responseHeaders = headers;
+  access.bytesSent = body.length;
 }

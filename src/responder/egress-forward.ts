@@ -7,6 +7,7 @@
  */
 import http2, { type ClientHttp2Stream, type OutgoingHttpHeaders } from 'node:http2';
 import { Transform, type TransformCallback } from 'node:stream';
+import type { AccessRecord } from '../shared/access-format.ts';
 import { describeError, isRevtunError, RevtunError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
 import { contentLength, resetStream, watchEndStream } from '../shared/http2-stream.ts';
@@ -77,6 +78,7 @@ export async function forward(options: ForwardOptions): Promise<'done' | 'retry'
     stream = session.request(headers, { endStream: !withBody, waitForTrailers: withBody });
   } catch (error) {
     if (options.retryable) return 'retry';
+    exchange.access?.flag('UF');
     reply(
       exchange,
       502,
@@ -148,7 +150,10 @@ export async function forward(options: ForwardOptions): Promise<'done' | 'retry'
       stream.resume();
       await ended(stream);
     } else {
-      await pump(stream, sink, { end: false });
+      const pumped = pump(stream, sink, { end: false });
+      // After pump's own 'data' listener: a listener added before it would start the flow early.
+      if (exchange.access !== undefined) stream.on('data', exchange.access.countSent);
+      await pumped;
     }
     if (!receivedEndStream()) {
       throw new RevtunError(
@@ -171,6 +176,8 @@ export async function forward(options: ForwardOptions): Promise<'done' | 'retry'
       );
       return 'retry';
     }
+    const access = exchange.access;
+    if (access !== undefined && !tooLarge) access.flag(timedOut ? 'UT' : 'UC');
     if (exchange.headersSent) {
       logger.info(
         { node_id: session.identity.nodeId, err: error },
@@ -240,16 +247,20 @@ function ended(stream: ClientHttp2Stream): Promise<void> {
 class BodyLimit extends Transform {
   readonly #maxBytes: number;
   readonly #onExceeded: () => void;
+  /** Where the bytes received from the caller are counted, with an access log. */
+  readonly #access: AccessRecord | undefined;
   #bytes = 0;
 
-  constructor(maxBytes: number, onExceeded: () => void) {
+  constructor(maxBytes: number, onExceeded: () => void, access: AccessRecord | undefined) {
     super();
     this.#maxBytes = maxBytes;
     this.#onExceeded = onExceeded;
+    this.#access = access;
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
     this.#bytes += chunk.length;
+    if (this.#access !== undefined) this.#access.bytesReceived = this.#bytes;
     if (this.#bytes <= this.#maxBytes) {
       done(null, chunk);
       return;
@@ -285,7 +296,11 @@ function sendBody(
   const body = exchange.body;
   // Piped, not pumped: pump() would destroy the caller's body on a tunnel failure, and with it
   // the HTTP/1.1 connection or the HTTP/2 stream that is to carry the 502 or 504.
-  const counted = new BodyLimit(limit.maxBytes ?? Number.POSITIVE_INFINITY, limit.onExceeded);
+  const counted = new BodyLimit(
+    limit.maxBytes ?? Number.POSITIVE_INFINITY,
+    limit.onExceeded,
+    exchange.access,
+  );
   const onClose = () => {
     // The caller went away mid-upload: fail the stream, never end it.
     if (!exchange.bodyComplete) counted.destroy(new Error('the caller aborted the upload'));

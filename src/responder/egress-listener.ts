@@ -44,6 +44,7 @@ import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import type { EgressListenerConfig } from '../config/schema.ts';
 import { handshakeHeaderNames } from '../protocol/handshake.ts';
+import { AccessRecord, type AccessProtocol } from '../shared/access-format.ts';
 import { formatHostPort, type HostPort } from '../shared/address.ts';
 import { describeError, RevtunError, isRevtunError } from '../shared/errors.ts';
 import { forEachEndToEndHeader } from '../shared/hop-by-hop.ts';
@@ -51,7 +52,7 @@ import { maxHeaderListPairs } from '../shared/http2-limits.ts';
 import { findRoute, pathOf } from '../shared/route-match.ts';
 import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
-import type { StatsRegistry } from '../shared/stats.ts';
+import type { Histogram, StatsRegistry } from '../shared/stats.ts';
 import { loadServerTls } from '../shared/tls-files.ts';
 import {
   EgressCallers,
@@ -67,6 +68,7 @@ import {
   type CallerReply,
   type CallerRequest,
 } from './egress-exchange.ts';
+import { AccessLog } from './access-log.ts';
 import { addForwardedHeaders } from './egress-forwarded.ts';
 import { bodyTooLarge, forward, idempotentMethods, reply } from './egress-forward.ts';
 import { sniffProtocol } from './egress-sniff.ts';
@@ -152,6 +154,10 @@ export class EgressListener {
   readonly #sniffing = new Set<Socket>();
   #script: RequestScript | undefined;
   #draining = false;
+  /** The access log, if configured (opened by listen()). */
+  #accessLog: AccessLog | undefined;
+  /** http.<stat_prefix>.downstream_rq_time: from the request's arrival to its response's end. */
+  readonly #requestTime: Histogram;
 
   constructor(options: EgressListenerOptions) {
     this.#options = options;
@@ -159,6 +165,9 @@ export class EgressListener {
     this.#callers = callers === undefined ? undefined : new EgressCallers(callers);
     const identityHeaders = Object.values(handshakeHeaderNames(options.identityHeaderPrefix));
     this.#identityHeaders = identityHeaders;
+    this.#requestTime = options.stats.histogram(
+      `http.${options.config.stat_prefix}.downstream_rq_time`,
+    );
     this.#routePlans = new Map(
       options.config.routes.map((route) => [
         route,
@@ -180,6 +189,12 @@ export class EgressListener {
       });
     }
     this.#server = await this.#createServer();
+    if (config.access_log !== undefined) {
+      this.#accessLog = new AccessLog(
+        config.access_log,
+        this.#options.stats.counter(`http.${config.stat_prefix}.access_log.dropped`),
+      );
+    }
     if (config.http2.enabled) this.#http2 = this.#createHttp2Server();
     this.#dispatchConnections(this.#server);
     return listen(this.#server, config.address, `egress listener ${index}`);
@@ -203,6 +218,35 @@ export class EgressListener {
     for (const session of this.#sessions) session.destroy();
     for (const socket of this.#sniffing) socket.destroy();
     this.#script?.close();
+    const accessLog = this.#accessLog;
+    // After the 'close' events of what was just destroyed (next ticks), so their records are in.
+    if (accessLog !== undefined) setImmediate(() => void accessLog.close());
+  }
+
+  /**
+   * Where a request's end is seen: its access record (if any) is started here, and when the
+   * caller's side closes, downstream_rq_time is observed and the record written.
+   */
+  #track(exchange: CallerExchange, protocol?: AccessProtocol): void {
+    if (this.#accessLog !== undefined) {
+      const access = new AccessRecord(exchange);
+      if (protocol !== undefined) access.protocol = protocol;
+      exchange.access = access;
+    }
+    exchange.onClose(() => {
+      this.#finish(exchange, exchange.status, exchange.completed);
+    });
+  }
+
+  #finish(exchange: CallerRequest, status: number, completed: boolean): void {
+    if (status > 0) this.#requestTime.observe(performance.now() - exchange.startedAt);
+    const access = exchange.access;
+    if (access === undefined || this.#accessLog === undefined) return;
+    if (access.status === 0) access.status = status;
+    // Cut off with nobody to blame on the tunnel side: the caller went away.
+    if (!completed && !access.flags.includes('UC') && !access.flags.includes('UT'))
+      access.flag('DC');
+    this.#accessLog.write(access);
   }
 
   async #createServer(): Promise<http.Server> {
@@ -397,6 +441,7 @@ export class EgressListener {
   }
 
   #onRequest(exchange: CallerExchange): void {
+    this.#track(exchange);
     this.#handle(exchange).catch((error: unknown) => {
       this.#options.logger.error({ err: error }, 'egress request failed unexpectedly');
       exchange.abort('the request failed unexpectedly');
@@ -414,6 +459,7 @@ export class EgressListener {
       this.#onRequest(exchange);
       return;
     }
+    this.#track(exchange, headers[':protocol'] === 'websocket' ? 'websocket' : undefined);
     if (headers[':protocol'] !== 'websocket') {
       // A plain CONNECT asks for a TCP tunnel to an address: an egress listener is no such proxy
       // (a responder's tcp_listeners carry TCP to named targets).
@@ -464,11 +510,37 @@ export class EgressListener {
       this.#onRequest(new Http1Exchange(request, plainResponse(request, socket), false));
       return;
     }
+    this.#trackUpgrade(upgrade);
     this.#upgrade(upgrade, (session, admitted) =>
-      forwardWebSocketUpgrade(request, socket, head, this.#upgradeTarget(session, admitted)),
+      forwardWebSocketUpgrade(request, socket, head, {
+        ...this.#upgradeTarget(session, admitted),
+        onStatus: (status) => upgrade.answered(status),
+      }),
     ).catch((error: unknown) => {
       this.#options.logger.error({ err: error }, 'egress upgrade failed unexpectedly');
       socket.destroy();
+    });
+  }
+
+  /**
+   * #track for an HTTP/1.1 WebSocket: the connection is the exchange, so its byte counts are the
+   * request's, and it is over when the socket closes.
+   */
+  #trackUpgrade(upgrade: UpgradeRequest): void {
+    const socket = upgrade.upgradeSocket as Socket;
+    if (this.#accessLog !== undefined) {
+      const access = new AccessRecord(upgrade);
+      access.protocol = 'websocket';
+      upgrade.access = access;
+    }
+    socket.once('close', () => {
+      const access = upgrade.access;
+      if (access !== undefined) {
+        access.bytesReceived = socket.bytesRead;
+        access.bytesSent = socket.bytesWritten;
+      }
+      // A WebSocket ends when either side closes it: only one never answered is cut off.
+      this.#finish(upgrade, upgrade.status, upgrade.status !== 0);
     });
   }
 
@@ -538,7 +610,7 @@ export class EgressListener {
 
   /** A session to the admitted node, or undefined after answering why there is none. */
   async #acquire(
-    to: CallerReply,
+    to: CallerRequest & CallerReply,
     admitted: Admitted,
     failed: TunnelSession | undefined,
   ): Promise<TunnelSession | undefined> {
@@ -547,6 +619,7 @@ export class EgressListener {
       return await registry.acquire(admitted.node, failed);
     } catch (error) {
       if (!isRevtunError(error)) throw error;
+      to.access?.flag('UF');
       if (failed !== undefined) {
         reply(
           to,
@@ -572,6 +645,7 @@ export class EgressListener {
     // First, as Envoy's codec does: nothing (authentication, the script) works on such a request.
     const receivedFields = request.receivedFields;
     if (receivedFields > maxRequestHeaderFields) {
+      request.access?.flag('DPE');
       tooManyHeaderFields(
         request,
         receivedFields < keptHeaderFields ? `${receivedFields}` : `at least ${keptHeaderFields}`,
@@ -581,6 +655,7 @@ export class EgressListener {
     // What requireHostHeader would do (RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400;
     // RFC 9113 §8.3.1: an HTTP/2 request has :authority or host).
     if ((request.version === '1.1' || request.version === '2') && request.authority === undefined) {
+      request.access?.flag('DPE');
       request.closeAfter();
       reply(
         request,
@@ -599,10 +674,12 @@ export class EgressListener {
       const authentication = this.#callers.authenticate(request);
       if (!authentication.ok) {
         stats.counter(`http.${config.stat_prefix}.callers.unauthorized`).inc();
+        request.access?.flag('UAEX');
         unauthorized(request, authentication);
         return undefined;
       }
       caller = authentication.caller;
+      if (request.access !== undefined) request.access.caller = caller.name;
     }
     const declared = declaredLength(request);
     if (config.max_body_bytes !== undefined && declared > config.max_body_bytes) {
@@ -627,6 +704,7 @@ export class EgressListener {
     const pathOnly = pathOf(request.path);
     const route = findRoute(config.routes, pathOnly);
     if (route === undefined) {
+      request.access?.flag('NR');
       reply(request, 404, `no route for path ${pathOnly}`);
       return undefined;
     }
@@ -640,7 +718,10 @@ export class EgressListener {
     const hostId = firstHeader(headers, hostIdHeaders);
     if (hostId === undefined) {
       const status = config.no_host_id_status;
-      if (status === 503) stats.counter(plan.stats.noneHealthy).inc();
+      if (status === 503) {
+        stats.counter(plan.stats.noneHealthy).inc();
+        request.access?.flag('UH');
+      }
       reply(request, status, `no routing header: send one of ${hostIdHeaders.join(', ')}`);
       return undefined;
     }
@@ -654,12 +735,22 @@ export class EgressListener {
       }
       tenantId = tenant;
     }
+    const access = request.access;
+    if (access !== undefined) {
+      access.hostId = hostId;
+      access.hostIdHeader = hostIdHeaders.find((name) => headers.get(name)?.trim() === hostId);
+      access.tenant = tenantId === '' ? undefined : tenantId;
+    }
     const cluster = plan.cluster;
     const allowed = caller === undefined ? undefined : (node: NodeEntry) => mayReach(caller, node);
     const node = registry.resolve(hostId, tenantId, allowed);
     if (node === undefined) {
       this.#noNode(request, { cluster, hostId, tenantId, caller });
       return undefined;
+    }
+    if (access !== undefined) {
+      access.nodeId = node.nodeId;
+      access.tenant = node.tenantId;
     }
     const forwarded = forwardedHeaders(request, headers, plan.dropped, node);
     addForwardedHeaders(
@@ -701,7 +792,7 @@ export class EgressListener {
    * 403 says the node exists and the caller may not reach it.
    */
   #noNode(
-    to: CallerReply,
+    to: CallerRequest & CallerReply,
     what: { cluster: string; hostId: string; tenantId: string; caller: CallerConfig | undefined },
   ): void {
     const { config, registry, stats } = this.#options;
@@ -710,6 +801,7 @@ export class EgressListener {
     if (known && caller !== undefined)
       stats.counter(`http.${config.stat_prefix}.callers.refused`).inc();
     else stats.counter(`${cluster}.upstream_cx_none_healthy`).inc();
+    to.access?.flag(known && caller !== undefined ? 'UAEX' : 'UH');
     if (caller !== undefined && config.refused_status === 404) {
       reply(to, 404, `no route for host id ${hostId}`);
     } else if (caller !== undefined && known) {

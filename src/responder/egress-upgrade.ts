@@ -37,6 +37,8 @@ export interface UpgradeTarget {
   readonly responseTimeoutMs: number;
   /** An open WebSocket with no bytes either way for this long is closed, ms; 0: never. */
   readonly idleTimeoutMs: number;
+  /** Told the status of the answer an HTTP/1.1 caller gets (101, or a refusal), for its log. */
+  readonly onStatus?: ((status: number) => void) | undefined;
 }
 
 /**
@@ -309,6 +311,7 @@ export function forwardWebSocketUpgrade(
   if (problem !== undefined) {
     const extra: Record<string, string> =
       problem.status === 426 ? { 'sec-websocket-version': '13', upgrade: 'websocket' } : {};
+    target.onStatus?.(problem.status);
     answerRaw(socket, problem.status, { ...plainText, ...extra }, `${problem.reason}\n`);
     return;
   }
@@ -327,25 +330,32 @@ async function upgrade(
 ): Promise<void> {
   const { session, responseTimeoutMs } = target;
   const node = session.identity.nodeId;
+  const answer = (
+    status: number,
+    headers: Record<string, string | string[]>,
+    body: Buffer | string,
+  ) => {
+    target.onStatus?.(status);
+    answerRaw(socket, status, headers, body);
+  };
   const connected = await connectAnswered(target, socket, (status, text) =>
-    answerRaw(socket, status, plainText, text),
+    answer(status, plainText, text),
   );
   if (connected === undefined) return;
-  const { stream, answer } = connected;
-  const status = answer[':status'] ?? 502;
+  const { stream, answer: connectAnswer } = connected;
+  const status = connectAnswer[':status'] ?? 502;
   if (status !== 200) {
     // The CONNECT is over: nothing more goes up, and the answer is read whole (it is bounded).
     stream.end();
     const body = await refusalBody(stream, responseTimeoutMs);
     if (body === undefined) {
-      answerRaw(
-        socket,
+      answer(
         502,
         plainText,
         `node ${node} answered ${status} with a body cut off or over 64 KiB\n`,
       );
     } else {
-      answerRaw(socket, status, answerHeaders(answer), body);
+      answer(status, answerHeaders(connectAnswer), body);
     }
     return;
   }
@@ -361,9 +371,10 @@ async function upgrade(
     `sec-websocket-accept: ${websocketAccept(key)}`,
   ];
   for (const name of ['sec-websocket-protocol', 'sec-websocket-extensions']) {
-    const value = answer[name];
+    const value = connectAnswer[name];
     if (typeof value === 'string') lines.push(`${name}: ${value}`);
   }
+  target.onStatus?.(101);
   socket.write(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
   await carry(socket, stream, target, head);
 }
