@@ -52,7 +52,7 @@ import { maxHeaderListPairs } from '../shared/http2-limits.ts';
 import { findRoute, pathOf } from '../shared/route-match.ts';
 import { closeServer, listen } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
-import type { Histogram, StatsRegistry } from '../shared/stats.ts';
+import type { Counter, Histogram, StatsRegistry } from '../shared/stats.ts';
 import { loadServerTls } from '../shared/tls-files.ts';
 import {
   EgressCallers,
@@ -158,6 +158,10 @@ export class EgressListener {
   #accessLog: AccessLog | undefined;
   /** http.<stat_prefix>.downstream_rq_time: from the request's arrival to its response's end. */
   readonly #requestTime: Histogram;
+  /** http.<stat_prefix>.downstream_rq_total, counted as a request arrives (Envoy's HCM). */
+  readonly #requests: Counter;
+  /** http.<stat_prefix>.downstream_rq_{1xx…5xx}, by the class of the status sent to the caller. */
+  readonly #byClass: readonly Counter[];
 
   constructor(options: EgressListenerOptions) {
     this.#options = options;
@@ -165,8 +169,11 @@ export class EgressListener {
     this.#callers = callers === undefined ? undefined : new EgressCallers(callers);
     const identityHeaders = Object.values(handshakeHeaderNames(options.identityHeaderPrefix));
     this.#identityHeaders = identityHeaders;
-    this.#requestTime = options.stats.histogram(
-      `http.${options.config.stat_prefix}.downstream_rq_time`,
+    const prefix = `http.${options.config.stat_prefix}`;
+    this.#requestTime = options.stats.histogram(`${prefix}.downstream_rq_time`);
+    this.#requests = options.stats.counter(`${prefix}.downstream_rq_total`);
+    this.#byClass = [1, 2, 3, 4, 5].map((n) =>
+      options.stats.counter(`${prefix}.downstream_rq_${n}xx`),
     );
     this.#routePlans = new Map(
       options.config.routes.map((route) => [
@@ -228,6 +235,7 @@ export class EgressListener {
    * caller's side closes, downstream_rq_time is observed and the record written.
    */
   #track(exchange: CallerExchange, protocol?: AccessProtocol): void {
+    this.#requests.inc();
     if (this.#accessLog !== undefined) {
       const access = new AccessRecord(exchange);
       if (protocol !== undefined) access.protocol = protocol;
@@ -239,7 +247,10 @@ export class EgressListener {
   }
 
   #finish(exchange: CallerRequest, status: number, completed: boolean): void {
-    if (status > 0) this.#requestTime.observe(performance.now() - exchange.startedAt);
+    if (status > 0) {
+      this.#requestTime.observe(performance.now() - exchange.startedAt);
+      this.#byClass[Math.floor(status / 100) - 1]?.inc();
+    }
     const access = exchange.access;
     if (access === undefined || this.#accessLog === undefined) return;
     if (access.status === 0) access.status = status;
@@ -528,6 +539,7 @@ export class EgressListener {
    */
   #trackUpgrade(upgrade: UpgradeRequest): void {
     const socket = upgrade.upgradeSocket as Socket;
+    this.#requests.inc();
     if (this.#accessLog !== undefined) {
       const access = new AccessRecord(upgrade);
       access.protocol = 'websocket';

@@ -275,6 +275,21 @@ describe('the egress access log', () => {
     assert.equal(responder.stats.value('http.egress.downstream_rq_time'), count);
     assert.equal(responder.stats.value('http.egress.access_log.dropped') ?? 0, 0);
   });
+
+  it('counts every request in downstream_rq_total and each status in its class, as the log shows', async () => {
+    const statuses = (await linesOf(jsonPath, count)).map(
+      (line) => (JSON.parse(line) as { response_code: number }).response_code,
+    );
+    assert.equal(responder.stats.value('http.egress.downstream_rq_total'), statuses.length);
+    for (const n of [1, 2, 3, 4, 5]) {
+      assert.equal(
+        responder.stats.value(`http.egress.downstream_rq_${n}xx`),
+        statuses.filter((status) => Math.floor(status / 100) === n).length,
+        `downstream_rq_${n}xx`,
+      );
+    }
+    assert.ok(statuses.some((status) => status >= 500) && statuses.some((status) => status < 300));
+  });
 });
 
 describe('access_log config', () => {
