@@ -159,13 +159,22 @@ export class AdminServer {
 
   #handle(request: IncomingMessage, response: ServerResponse): void {
     if (this.#accessLog !== undefined) logAccess(this.#accessLog, request, response);
-    const url = new URL(request.url ?? '/', 'http://admin');
+    const url = adminUrl(request.url);
+    if (url === undefined) {
+      text(response, 400, 'bad request target: the admin endpoints take a path, e.g. /stats\n');
+      return;
+    }
     const open =
       openPaths.has(url.pathname) && (request.method === 'GET' || request.method === 'HEAD');
     if (!open && !this.#authorized(request)) {
       text(response, 401, 'unauthorized: send authorization: Bearer <the admin token>\n', {
         'www-authenticate': 'Bearer realm="revtun admin"',
       });
+      return;
+    }
+    if (!open && crossSite(request)) {
+      // A page in a browser may send a request here but must not act on the role or read it.
+      text(response, 403, 'forbidden: the admin endpoints refuse requests from other sites\n');
       return;
     }
     if (url.pathname === '/drain') {
@@ -259,6 +268,37 @@ export class AdminServer {
     // The scheme is case-insensitive (RFC 9110 §11.1); the token is everything after one space.
     const match = /^bearer +(\S+) *$/i.exec(request.headers.authorization ?? '');
     return match !== null && timingSafeEqual(sha256(match[1] as string), this.#tokenDigest);
+  }
+}
+
+/**
+ * The request target as a URL, or undefined when it is not a path (`GET http://[/` or `//[`:
+ * `new URL` would throw inside the request handler).
+ */
+function adminUrl(target: string | undefined): URL | undefined {
+  if (target === undefined || !target.startsWith('/') || target.startsWith('//')) return undefined;
+  try {
+    return new URL(target, 'http://admin');
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * True for a request a browser sent on behalf of another site: `sec-fetch-site: cross-site` or
+ * `same-site`, or an `origin` whose host is not the one asked. Without a token this is what keeps
+ * a web page the operator opens from `fetch(…/drain, { method: 'POST', mode: 'no-cors' })`; curl,
+ * Prometheus and the dashboard itself (same origin) send neither or a matching one.
+ */
+function crossSite(request: IncomingMessage): boolean {
+  const site = request.headers['sec-fetch-site'];
+  if (site === 'cross-site' || site === 'same-site') return true;
+  const origin = request.headers.origin;
+  if (origin === undefined) return false;
+  try {
+    return new URL(origin).host !== request.headers.host;
+  } catch {
+    return true;
   }
 }
 

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -262,6 +263,48 @@ describe('the admin token, /config_dump, /drain and the dashboard', () => {
     const index = await request(responder.addresses.admin!, '/', { headers: auth });
     assert.match(index.text, /\/dashboard/);
     assert.match(index.text, /\/tunnels/);
+  });
+
+  it('refuses requests a browser sends for another site, even with the token, but not the probes and the page', async () => {
+    const admin = responder.addresses.admin!;
+    const host = `${admin.host}:${admin.port}`;
+    for (const headers of [
+      { 'sec-fetch-site': 'cross-site' },
+      { 'sec-fetch-site': 'same-site' },
+      { origin: 'http://evil.example' },
+      { origin: 'not a url' },
+    ]) {
+      const reply = await request(admin, '/drain', {
+        method: 'POST',
+        headers: { ...auth, ...headers },
+      });
+      assert.equal(reply.status, 403, JSON.stringify(headers));
+      assert.equal(
+        (await request(admin, '/tunnels', { headers: { ...auth, ...headers } })).status,
+        403,
+      );
+      assert.equal((await request(admin, '/dashboard', { headers })).status, 200);
+      assert.equal((await request(admin, '/ready', { headers })).status, 200);
+    }
+    const sameOrigin = { ...auth, origin: `http://${host}`, 'sec-fetch-site': 'same-origin' };
+    assert.equal((await request(admin, '/tunnels', { headers: sameOrigin })).status, 200);
+    assert.equal((await request(responder.addresses.admin!, '/ready')).text, 'LIVE\n');
+  });
+
+  it('answers 400 to a request target that is not a path, and keeps serving', async () => {
+    const admin = responder.addresses.admin!;
+    for (const target of ['http://[/', '//[', '*']) {
+      const answer = await new Promise<string>((resolve, reject) => {
+        const socket = net.connect(admin.port, admin.host);
+        let received = '';
+        socket.on('error', reject);
+        socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+        socket.on('end', () => resolve(received));
+        socket.end(`GET ${target} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n`);
+      });
+      assert.match(answer, /^HTTP\/1\.1 400 /, target);
+    }
+    assert.equal((await request(admin, '/healthz')).status, 200);
   });
 
   it('answers GET /drain with 405 and allow: POST', async () => {
