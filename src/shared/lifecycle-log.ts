@@ -52,11 +52,16 @@ export function openLineLog(path: string, dropped: Counter): LineLog {
   });
   destination.on('drop', () => dropped.inc());
   destination.on('error', () => dropped.inc());
+  // A line that comes once closing has begun (a connection destroyed at shutdown whose 'close'
+  // comes late) is counted as dropped: writing to an ended SonicBoom throws.
+  let closing = false;
   return {
     writeLine(line) {
-      destination.write(`${line}\n`);
+      if (closing) dropped.inc();
+      else destination.write(`${line}\n`);
     },
     close() {
+      closing = true;
       const closed = new Promise<void>((resolve) => {
         destination.once('close', () => resolve());
         destination.once('error', () => resolve());
