@@ -205,7 +205,8 @@ export function compileTextFormat(format: string): (record: AccessRecord) => str
       throw new TextFormatError(
         `unknown operator %${name}${argument === undefined ? '' : `(${argument})`}%; known: ${textOperators.join(', ')}`,
       );
-    parts.push(operator);
+    // Host id, tenant and caller come from what the caller sent: escaped like header values.
+    parts.push((record) => escapeText(operator(record)));
   }
   const rest = text.slice(last);
   if (rest.includes('%'))
