@@ -169,8 +169,16 @@ function requestCount(map) {
   for (const name of map.keys()) if (downstream.test(name)) return sum(map, downstream);
   return sum(map, /(^|\\.)upstream_rq_total$/);
 }
-const errorPattern = /(^|\\.)(downstream_rq_5xx|upstream_rq_5xx|downstream_rq_503|downstream_rq_504|upstream_cx_none_healthy|upstream_cx_connect_fail|upstream_rq_timeout)$/;
-const handshakeFailurePattern = /^reverse_tunnel\\.handshake\\.(parse_error|validation_failed|rejected|body_rejected|timeout|jwt_denied|auth_denied|tls_error|conflict)$|\\.result\\.failed$/;
+/**
+ * Errors: the HCM's downstream_rq_5xx where present (every 5xx a caller got, the 503s for no
+ * tunnel among them); else the clusters' refusals. Never both, or a refusal counts twice.
+ */
+function errorCount(map) {
+  const downstream = /(^|\\.)downstream_rq_5xx$/;
+  for (const name of map.keys()) if (downstream.test(name)) return sum(map, downstream);
+  return sum(map, /(^|\\.)(upstream_rq_5xx|upstream_cx_none_healthy|upstream_cx_connect_fail|upstream_rq_timeout)$/);
+}
+const handshakeFailurePattern = /^reverse_tunnel\\.handshake\\.(parse_error|validation_failed|rejected|body_rejected|timeout|jwt_denied|auth_denied|tls_error|conflict)$|\\.result\\.failed(\\.|$)/;
 
 function bytes(n) {
   if (n < 1024) return n + ' B';
@@ -227,7 +235,7 @@ function render(listing, map, now) {
   } else { $('rtt').textContent = '–'; $('rtt-range').textContent = 'no ping yet'; }
 
   const requests = requestCount(map);
-  const errors = sum(map, errorPattern);
+  const errors = errorCount(map);
   const failures = sum(map, handshakeFailurePattern);
   $('requests').textContent = requests + ' total';
   $('errors').textContent = errors;

@@ -90,6 +90,14 @@ describe('the dashboard in headless Chromium', () => {
     });
     assert.equal(reply.status, 200, reply.text);
     await page.locator('#requests', { hasText: /^[1-9]\d* total$/ }).waitFor({ timeout: waitMs });
+
+    // A node nobody serves is one 503: one error on the page, though two counters saw it.
+    const refused = await request(egress, '/downstream_service', {
+      headers: { 'x-node-id': 'no-such-node' },
+    });
+    assert.equal(refused.status, 503, refused.text);
+    await page.locator('#errors', { hasText: /^1$/ }).waitFor({ timeout: waitMs });
+    await page.locator('#requests', { hasText: /^2 total$/ }).waitFor({ timeout: waitMs });
     await mkdir(results, { recursive: true });
     await page.screenshot({ path: new URL('dashboard.png', results).pathname, fullPage: true });
     assert.equal(navigations, 0, 'the page was not reloaded');
