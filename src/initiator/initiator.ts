@@ -81,6 +81,9 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
   #addresses: InitiatorAddresses | undefined;
   #ready = false;
   #draining = false;
+  /** `POST /drain` came while starting: the drain runs once start() has bound everything. */
+  #drainWhenStarted = false;
+  #started = false;
   readonly #signal: AbortSignal | undefined;
   #detachSignal = () => {};
 
@@ -161,7 +164,9 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
         cluster.hosts.map((host) => this.#dialHost(cluster, host, clusterTls[index])),
       ),
     );
+    this.#started = true;
     this.#ready = true;
+    if (this.#drainWhenStarted) this.drain();
     this.#detachSignal = onAbort(this.#signal, () => void this.close());
   }
 
@@ -177,6 +182,10 @@ export class Initiator extends EventEmitter<InitiatorEvents> {
    * `close()` (SIGTERM). Idempotent.
    */
   drain(): void {
+    if (!this.#started) {
+      this.#drainWhenStarted = true;
+      return;
+    }
     if (this.#draining) return;
     this.#draining = true;
     this.#ready = false;

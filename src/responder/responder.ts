@@ -70,6 +70,9 @@ export class Responder extends EventEmitter<ResponderEvents> {
   #addresses: ResponderAddresses | undefined;
   #ready = false;
   #draining = false;
+  /** `POST /drain` came while starting: the drain runs once start() has bound everything. */
+  #drainWhenStarted = false;
+  #started = false;
   readonly #signal: AbortSignal | undefined;
   #detachSignal = () => {};
 
@@ -205,6 +208,10 @@ export class Responder extends EventEmitter<ResponderEvents> {
    * admin server included, until `close()` (SIGTERM). Idempotent.
    */
   drain(): void {
+    if (!this.#started) {
+      this.#drainWhenStarted = true;
+      return;
+    }
     if (this.#draining) return;
     this.#draining = true;
     this.#ready = false;
@@ -227,7 +234,9 @@ export class Responder extends EventEmitter<ResponderEvents> {
     for (const listener of this.#tcp) tcp.push(await listener.listen());
     const tunnel = await this.#tunnelListener.listen();
     this.#addresses = { tunnel, egress, tcp, admin };
+    this.#started = true;
     this.#ready = true;
+    if (this.#drainWhenStarted) this.drain();
     this.#detachSignal = onAbort(this.#signal, () => void this.close());
   }
 

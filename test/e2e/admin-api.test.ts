@@ -7,7 +7,8 @@ import { after, before, describe, it } from 'node:test';
 import { Script } from 'node:vm';
 import type { TunnelRow, TunnelsResponse } from '../../src/admin/tunnels.ts';
 import type { Initiator } from '../../src/initiator/initiator.ts';
-import type { Responder } from '../../src/responder/responder.ts';
+import { Responder } from '../../src/responder/responder.ts';
+import { validateResponderConfig } from '../../src/config/load.ts';
 import type { HostPort } from '../../src/shared/address.ts';
 import { request, startService, type TestService } from '../helpers/http.ts';
 import { connectedInitiator, responderOnFreePorts } from '../helpers/tunnels.ts';
@@ -341,4 +342,34 @@ describe('the admin token, /config_dump, /drain and the dashboard', () => {
       await new Promise((resolve) => setImmediate(resolve));
     }
   }
+});
+
+describe('POST /drain while the role starts', () => {
+  it('is carried out once start() has bound everything: /ready answers DRAINING, no tunnel is accepted', async () => {
+    const responder = new Responder(
+      validateResponderConfig({
+        tunnel_listener: { address: '127.0.0.1:0' },
+        egress_listeners: [{ address: '127.0.0.1:0' }],
+        admin: { address: '127.0.0.1:0' },
+      }),
+    );
+    try {
+      responder.drain();
+      await responder.start();
+      const ready = await request(responder.addresses.admin!, '/ready');
+      assert.deepEqual([ready.status, ready.text], [503, 'DRAINING\n']);
+      const tunnel = responder.addresses.tunnel;
+      const refused = await new Promise<string>((resolve) => {
+        const socket = net.connect(tunnel.port, tunnel.host);
+        socket.on('connect', () => {
+          socket.destroy();
+          resolve('connected');
+        });
+        socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'error'));
+      });
+      assert.equal(refused, 'ECONNREFUSED');
+    } finally {
+      await responder.close({ graceMs: 0 });
+    }
+  });
 });
