@@ -27,6 +27,8 @@ export interface IdleTunnelOptions {
   readonly failureThreshold: number;
   /** Called for every ping written, echo received and echo missed, with the misses so far. */
   readonly onPing?: (event: IdlePingEvent, missCount: number) => void;
+  /** The round trip of an RPING, when its echo is known to be its own (no older one owed). */
+  readonly onRoundTrip?: (ms: number) => void;
   /** Called once when the tunnel closes while idle (never after a checkout). */
   readonly onClose: (
     tunnel: IdleTunnel,
@@ -152,7 +154,7 @@ export class IdleTunnel {
     this.#pingTimer = undefined;
     if (this.#state !== 'idle') return;
     this.#owed += 1;
-    this.#pingSentAt = Date.now();
+    this.#pingSentAt = performance.now();
     this.socket.write(RPING, (error) => {
       if (error) this.#close('idle_ping_write_failure', error);
     });
@@ -188,7 +190,11 @@ export class IdleTunnel {
     // cancels the deadline and re-arms the send timer, whatever older pings are still owed. The
     // owed count stays exact for checkout, which needs no echo to be owed at all.
     if (this.#deadlineTimer !== undefined) {
-      this.#lastPingRttMs = this.#lastAckAt - this.#pingSentAt;
+      // With older echoes still owed, this one may be theirs: no round trip to tell.
+      if (this.#owed === 0) {
+        this.#lastPingRttMs = performance.now() - this.#pingSentAt;
+        this.#options.onRoundTrip?.(this.#lastPingRttMs);
+      }
       clearTimeout(this.#deadlineTimer);
       this.#deadlineTimer = undefined;
       this.#armPing();

@@ -288,18 +288,12 @@ export class TunnelRegistry {
     const node = this.#nodeFor(identity);
     if (node.tunnels === 0) node.credential = credential;
     const cluster = this.#clusters.get(node.clusterKey) as ClusterEntry;
-    // The RPING in flight, for its round trip: any echo acks it (see idle-tunnel.ts).
-    let pingSentAt: number | undefined;
     const tunnel = new IdleTunnel(socket, {
       identity,
       pingIntervalMs: this.#options.pingIntervalMs,
       failureThreshold: this.#options.pingFailureThreshold,
+      onRoundTrip: (ms) => this.#pingRtt.observe(ms),
       onPing: (event, missCount) => {
-        if (event === 'idle_ping_sent') pingSentAt = performance.now();
-        else if (event === 'idle_ping_ack' && pingSentAt !== undefined) {
-          this.#pingRtt.observe(performance.now() - pingSentAt);
-          pingSentAt = undefined;
-        }
         this.#options.onEvent(info, { event, socketState: 'idle', missCount });
       },
       onClose: (closed, reason, missCount) => {
