@@ -515,6 +515,7 @@ export class EgressListener {
     const tokens = String(request.headers.upgrade ?? '').toLowerCase();
     if (!tokens.split(',').some((token) => token.trim() === 'websocket')) {
       if (upgrade.hasBody) {
+        this.#trackUpgrade(upgrade, false);
         reply(upgrade, 501, `an Upgrade to ${tokens} is not offered`);
         return;
       }
@@ -537,12 +538,12 @@ export class EgressListener {
    * #track for an HTTP/1.1 WebSocket: the connection is the exchange, so its byte counts are the
    * request's, and it is over when the socket closes.
    */
-  #trackUpgrade(upgrade: UpgradeRequest): void {
+  #trackUpgrade(upgrade: UpgradeRequest, websocket = true): void {
     const socket = upgrade.upgradeSocket as Socket;
     this.#requests.inc();
     if (this.#accessLog !== undefined) {
       const access = new AccessRecord(upgrade);
-      access.protocol = 'websocket';
+      if (websocket) access.protocol = 'websocket';
       upgrade.access = access;
     }
     socket.once('close', () => {

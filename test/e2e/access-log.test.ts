@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import net from 'node:net';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -244,6 +245,25 @@ describe('the egress access log', () => {
       response_flags: 'DC',
       bytes_sent: 4,
     });
+  });
+
+  it('logs the 501 to an Upgrade it does not offer, sent with a body', async () => {
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(egress.port, egress.host);
+      let received = '';
+      socket.on('error', reject);
+      socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+      socket.on('close', () => resolve(received));
+      socket.write(
+        'POST /ok HTTP/1.1\r\nhost: x\r\nx-node-id: n1\r\nupgrade: foo\r\nconnection: upgrade\r\n' +
+          'content-length: 2\r\n\r\nhi',
+      );
+    });
+    assert.match(answer, /^HTTP\/1\.1 501 /);
+    const { json } = await next();
+    assert.equal(json.response_code, 501);
+    assert.equal(json.protocol, 'HTTP/1.1');
+    assert.equal(json.method, 'POST');
   });
 
   it('logs an HTTP/2 caller as HTTP/2', async () => {
