@@ -610,7 +610,7 @@ export const responderSchema = z
     /**
      * The per-node and per-cluster gauges (`<stat_prefix>.nodes.<node>`, `.clusters.<cluster>`,
      * their `worker_0` and `tenants` forms). Off bounds the stats to the aggregates, which are
-     * always on (`worker_0.total_nodes`, `worker_0.total_clusters`, counters, histograms), however
+     * always on (`reverse_tunnel.acceptor.total_nodes`, `.total_clusters`, counters, histograms), however
      * many nodes connect. Envoy's field has the same meaning and defaults to false since #41364;
      * revtun defaults to true, as it always listed these gauges (reference §12 #19) and the
      * sandbox's checks and the dashboard read them; `max_departed_stats` already bounds those of

@@ -32,6 +32,13 @@ import type { ClientTls } from '../shared/tls-files.ts';
 import { StateGauges, type SlotState } from './state-gauges.ts';
 import { InitiatorTunnel, type InitiatorTunnelOptions, type TunnelCloseReason } from './tunnel.ts';
 
+/**
+ * Where the initiator's stats that Envoy's reverse-tunnel extension does not have live
+ * (tunnel_setup_time, ping_rtt, tunnel_closed): outside the stat prefix, so that the sandbox's
+ * `curl …/stats | grep reverse_connection` prints exactly the lines of the seed page.
+ */
+export const initiatorStats = 'reverse_tunnel.initiator';
+
 /** Envoy's initiator lifecycle events (reference §10), for one host of one remote cluster. */
 export type DiallerEvent =
   | { readonly event: 'handshake_success'; readonly connectionId: number }
@@ -134,8 +141,8 @@ export class HostDialler {
       options.cluster,
       this.hostText,
     );
-    this.#handshakeTime = options.stats.histogram(`${options.statPrefix}.tunnel_setup_time`);
-    this.#pingRtt = options.stats.histogram(`${options.statPrefix}.ping_rtt`);
+    this.#handshakeTime = options.stats.histogram(`${initiatorStats}.tunnel_setup_time`);
+    this.#pingRtt = options.stats.histogram(`${initiatorStats}.ping_rtt`);
     this.#backoff = new Backoff({ baseMs: 1000, maxMs: options.maxBackoffMs, jitter: 0.15 });
     this.#slots = Array.from({ length: options.tunnels }, () => ({
       state: 'empty',
@@ -390,10 +397,10 @@ export class HostDialler {
       },
       onClose: (reason, error) => {
         // By reason (a short fixed list), so that keepalive timeouts can be alerted on.
-        const { stats, statPrefix } = this.#options;
+        const { stats } = this.#options;
         stats
-          .counter(`${statPrefix}.tunnel_closed.${reason}`, {
-            name: `${statPrefix}.tunnel_closed`,
+          .counter(`${initiatorStats}.tunnel_closed.${reason}`, {
+            name: `${initiatorStats}.tunnel_closed`,
             labels: { reason },
           })
           .inc();

@@ -21,6 +21,13 @@ import type { Gauge, Histogram, StatTags, StatsRegistry } from '../shared/stats.
 import { IdleTunnel, type IdleCloseReason, type IdlePingEvent } from './idle-tunnel.ts';
 import { TunnelSession } from './tunnel-session.ts';
 
+/**
+ * Where the responder's stats that Envoy's reverse-tunnel extension does not have live (the
+ * aggregates, ping_rtt, tunnel_closed): outside the stat prefix, so that the sandbox's
+ * `curl …/stats | grep reverse_connections` prints exactly the lines of the seed page.
+ */
+export const acceptorStats = 'reverse_tunnel.acceptor';
+
 export type TunnelCloseReason =
   | IdleCloseReason
   | 'remote_close'
@@ -72,7 +79,7 @@ export interface RegistryOptions {
   readonly maxDepartedStats: number;
   /**
    * Keeps the per-node and per-cluster gauges (`enable_detailed_stats`); without them only the
-   * aggregates (`worker_0.total_nodes`, `worker_0.total_clusters`, histograms, counters) exist.
+   * aggregates (`reverse_tunnel.acceptor.total_nodes`, `.total_clusters`, histograms, counters) exist.
    * Default true.
    */
   readonly detailedStats?: boolean;
@@ -191,10 +198,10 @@ export class TunnelRegistry {
 
   constructor(options: RegistryOptions) {
     this.#options = options;
-    const { stats, statPrefix: sp } = options;
-    this.#totalNodes = stats.gauge(`${sp}.worker_0.total_nodes`);
-    this.#totalClusters = stats.gauge(`${sp}.worker_0.total_clusters`);
-    this.#pingRtt = stats.histogram(`${sp}.ping_rtt`);
+    const { stats } = options;
+    this.#totalNodes = stats.gauge(`${acceptorStats}.total_nodes`);
+    this.#totalClusters = stats.gauge(`${acceptorStats}.total_clusters`);
+    this.#pingRtt = stats.histogram(`${acceptorStats}.ping_rtt`);
   }
 
   /** The registry key of a node or cluster id: `tenant:id` under tenant isolation. */
@@ -691,11 +698,11 @@ export class TunnelRegistry {
   ): void {
     node.tunnels -= 1;
     for (const gauge of [...node.gauges, ...cluster.gauges]) gauge.dec();
-    const { stats, statPrefix: sp } = this.#options;
+    const { stats } = this.#options;
     // By reason (a short fixed list), so that keepalive timeouts can be alerted on.
     stats
-      .counter(`${sp}.tunnel_closed.${closeReason}`, {
-        name: `${sp}.tunnel_closed`,
+      .counter(`${acceptorStats}.tunnel_closed.${closeReason}`, {
+        name: `${acceptorStats}.tunnel_closed`,
         labels: { reason: closeReason },
       })
       .inc();

@@ -125,8 +125,8 @@ const sanitized = (name: string) => `envoy_${name.replace(/[^a-zA-Z0-9_:]/g, '_'
 function expectedSeries(name: string): string {
   const tagged: Array<[RegExp, (m: RegExpExecArray) => string]> = [
     [
-      new RegExp(`^(${sp}|${ip})\\.tunnel_closed\\.(.+)$`),
-      (m) => seriesKey(`envoy_${m[1]}_tunnel_closed`, { reason: m[2]! }),
+      /^reverse_tunnel\.(acceptor|initiator)\.tunnel_closed\.(.+)$/,
+      (m) => seriesKey(`envoy_reverse_tunnel_${m[1]}_tunnel_closed`, { reason: m[2]! }),
     ],
     [
       new RegExp(`^${sp}\\.(nodes|clusters)\\.(.+)$`),
@@ -238,14 +238,17 @@ describe('/stats in Envoy text, JSON and Prometheus', () => {
     assert.equal(prometheus.get(`envoy_${sp}_nodes{node="n.1"}`), 1);
     assert.equal(prometheus.get(`envoy_${sp}_nodes{node="n2"}`), 1);
     assert.equal(prometheus.get(`envoy_${sp}_clusters{cluster="c1"}`), 2);
-    assert.equal(prometheus.get(`envoy_${sp}_worker_0_total_nodes`), 2);
-    assert.equal(prometheus.get(`envoy_${sp}_worker_0_total_clusters`), 1);
+    assert.equal(prometheus.get('envoy_reverse_tunnel_acceptor_total_nodes'), 2);
+    assert.equal(prometheus.get('envoy_reverse_tunnel_acceptor_total_clusters'), 1);
     assert.equal(prometheus.get('envoy_reverse_tunnel_handshake_accepted'), 3);
     assert.equal(prometheus.get(`envoy_${sp}_nodes{node="gone.1"}`), 0);
     // One close, under its reason (a reset or a FIN, as the initiator's close goes).
     const closed = [...prometheus].filter(([series]) => series.includes('_tunnel_closed{'));
     assert.equal(closed.length, 1, String(closed));
-    assert.match(closed[0]![0], new RegExp(`^envoy_${sp}_tunnel_closed\\{reason="idle_\\w+"\\}$`));
+    assert.match(
+      closed[0]![0],
+      /^envoy_reverse_tunnel_acceptor_tunnel_closed\{reason="idle_\w+"\}$/,
+    );
     assert.equal(closed[0]![1], 1);
     const nodeFamilies = scraped.families.filter((family) => family.name === `envoy_${sp}_nodes`);
     assert.equal(nodeFamilies.length, 1);
@@ -266,7 +269,10 @@ describe('/stats in Envoy text, JSON and Prometheus', () => {
     );
     const host = `127.0.0.1:${responder.addresses.tunnel.port}`;
     assert.equal(prometheus.values.get(`envoy_${ip}_host_connected{host="${host}"}`), 1);
-    assert.equal(prometheus.histograms.get(`envoy_${ip}_tunnel_setup_time`)?.count, 1);
+    assert.equal(
+      prometheus.histograms.get('envoy_reverse_tunnel_initiator_tunnel_setup_time')?.count,
+      1,
+    );
   });
 
   it('shows histograms as Envoy quantile lines in text and quantiles in JSON', async () => {
@@ -326,8 +332,8 @@ describe('enable_detailed_stats: false', () => {
     assert.doesNotMatch(scraped.text, /n3|\.nodes\.|\.clusters\.|worker_0\.(node|cluster)\./);
     assert.doesNotMatch(scraped.prometheus, /node=|cluster=/);
     const values = readPrometheus(scraped.families).values;
-    assert.equal(values.get(`envoy_${sp}_worker_0_total_nodes`), 1);
-    assert.equal(values.get(`envoy_${sp}_worker_0_total_clusters`), 1);
+    assert.equal(values.get('envoy_reverse_tunnel_acceptor_total_nodes'), 1);
+    assert.equal(values.get('envoy_reverse_tunnel_acceptor_total_clusters'), 1);
     assert.equal(values.get('envoy_reverse_tunnel_handshake_accepted'), 1);
   });
 });
