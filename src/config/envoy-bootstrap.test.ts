@@ -1137,3 +1137,75 @@ describe("the Envoy docs' example configs (test/fixtures/envoy/docs, copied unch
     assert.equal(translation.responder?.enable_tenant_isolation, true);
   });
 });
+
+describe("an egress HTTP connection manager's access_log", () => {
+  const withLogs = (lines: readonly string[]) =>
+    edit(
+      sandboxResponder,
+      '          stat_prefix: egress_http\n',
+      ['          stat_prefix: egress_http', '          access_log:', ...lines, ''].join('\n'),
+    );
+  const fileLogger = [
+    '          - name: envoy.access_loggers.file',
+    '            typed_config:',
+    '              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog',
+    '              path: /var/log/revtun/egress.log',
+  ];
+
+  it("becomes the egress listener's access_log: Envoy's default text, an inline text format, JSON", () => {
+    const text = withLogs([
+      ...fileLogger,
+      '          - name: envoy.access_loggers.stdout',
+      '            typed_config:',
+      '              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog',
+      '              log_format:',
+      '                text_format_source:',
+      '                  inline_string: "%REQ(:METHOD)% %RESPONSE_CODE% %UPSTREAM_HOST%\\n"',
+      '          - name: envoy.access_loggers.stderr',
+      '            typed_config:',
+      '              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog',
+      '              log_format:',
+      '                json_format: { status: "%RESPONSE_CODE%" }',
+    ]);
+    const { inputs } = translateEnvoyBootstrap(text, 'responder-envoy.yaml');
+    assert.deepEqual(inputs.responder?.egress_listeners?.[0]?.access_log, [
+      { path: '/var/log/revtun/egress.log', format: 'text' },
+      {
+        path: '/dev/stdout',
+        format: 'text',
+        text_format: '%REQ(:METHOD)% %RESPONSE_CODE% %UPSTREAM_HOST%',
+      },
+      { path: '/dev/stderr', format: 'json' },
+    ]);
+  });
+
+  it('reports an operator revtun does not know at its place in the bootstrap', () => {
+    const text = withLogs([
+      '          - name: envoy.access_loggers.stdout',
+      '            typed_config:',
+      '              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog',
+      '              log_format:',
+      '                text_format_source:',
+      '                  inline_string: "%UPSTREAM_CLUSTER%"',
+    ]);
+    const problems = problemsOf(text);
+    assert.equal(problems.length, 1, JSON.stringify(problems));
+    assert.match(problems[0]!.message, /unknown operator %UPSTREAM_CLUSTER%/);
+  });
+
+  it('is refused on an rc:// listener, whose requests revtun does not log', () => {
+    const text = edit(
+      sandboxInitiator,
+      '          stat_prefix: reverse_conn_listener\n',
+      [
+        '          stat_prefix: reverse_conn_listener',
+        '          access_log:',
+        ...fileLogger,
+        '',
+      ].join('\n'),
+    );
+    const problems = problemsOf(text);
+    assert.equal(problems.length, 1, JSON.stringify(problems));
+    assert.match(problems[0]!.message, /not supported on an rc:\/\/ listener/);
+  });
+});

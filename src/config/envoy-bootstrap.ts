@@ -803,6 +803,10 @@ class Translator {
       result.stat_prefix = listener.hcm.statPrefix.text;
       this.#note('responder', `${at}.stat_prefix`, listener.hcm.statPrefix.field);
     }
+    if (listener.hcm.accessLog !== undefined) {
+      result.access_log = listener.hcm.accessLog.entries.map((entry) => ({ ...entry }));
+      this.#note('responder', `${at}.access_log`, listener.hcm.accessLog.field);
+    }
     // The same headers on every route are the listener's; otherwise each route names its own.
     const same = (lists: ReadonlyArray<readonly string[] | undefined>) =>
       lists.every((list) => JSON.stringify(list) === JSON.stringify(lists[0]));

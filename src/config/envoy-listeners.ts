@@ -6,7 +6,15 @@
 import { parseRcAddress, type RcAddress } from '../protocol/rc-address.ts';
 import { isRevtunError } from '../shared/errors.ts';
 import { extension, legacyHcmName, rcResolver } from './envoy-extensions.ts';
-import { Field, joinWords, optional, readSocketAddress, type Fields } from './envoy-reader.ts';
+import {
+  Field,
+  joinWords,
+  optional,
+  readRequestAccessLog,
+  readSocketAddress,
+  type Fields,
+  type RequestAccessLog,
+} from './envoy-reader.ts';
 
 export interface Route {
   readonly field: Field;
@@ -22,6 +30,8 @@ export interface HttpConnectionManager {
   readonly lua?: { readonly code: string; readonly field: Field };
   /** `codec_type: HTTP1` on an egress listener: HTTP/1.1 only, no HTTP/2 beside it. */
   readonly http1Only?: { readonly field: Field };
+  /** The HCM's access loggers (egress listeners only): one record per request. */
+  readonly accessLog?: { readonly entries: readonly RequestAccessLog[]; readonly field: Field };
 }
 
 export interface RcListener {
@@ -196,6 +206,7 @@ function readNetworkFilter(
           'codec_type',
           'route_config',
           'http_filters',
+          'access_log',
         ]),
     };
   } else if (name === extension.reverseTunnel.name) {
@@ -247,12 +258,29 @@ function readHcm(
   config.reject('rds', 'is not supported: revtun reads route_config only');
   const routes = readRoutes(config.get('route_config'));
   const lua = readHttpFilters(config.get('http_filters'), role);
+  const accessLogField = config.get('access_log');
+  let accessLog: RequestAccessLog[] | undefined;
+  if (accessLogField.present && role === 'initiator') {
+    accessLogField.fail(
+      "is not supported on an rc:// listener: revtun's access log is the responder's, on its egress listeners",
+    );
+  } else if (accessLogField.present) {
+    accessLog = [];
+    for (const entry of accessLogField.list() ?? []) {
+      const log = readRequestAccessLog(entry);
+      if (log !== undefined) accessLog.push(log);
+    }
+  }
   config.done();
   if (routes === undefined) return undefined;
   return {
     routes,
     ...optional('lua', lua),
     ...optional('http1Only', http1Only ? { field: codec } : undefined),
+    ...optional(
+      'accessLog',
+      accessLog === undefined ? undefined : { entries: accessLog, field: accessLogField },
+    ),
     ...optional(
       'statPrefix',
       statPrefix === undefined ? undefined : { text: statPrefix, field: statPrefixField },

@@ -284,20 +284,80 @@ export function readSocketAddress(field: Field): SocketAddress | undefined {
   return { host, port, text: formatHostPort({ host, port }), field: socket };
 }
 
-/** An access logger revtun can write to; returns the file's path. */
 /** A file access logger's path; `use` says what revtun writes there, for the log_format error. */
 export function readAccessLog(
   field: Field,
   use: 'lifecycle' | 'admin' = 'lifecycle',
 ): string | undefined {
+  const logger = readLogger(field, use === 'admin' ? 'admin request' : 'lifecycle event', []);
+  if (logger === undefined) return undefined;
+  logger.config.reject(
+    'log_format',
+    use === 'admin'
+      ? "is not supported: revtun writes admin requests in Envoy's default access-log format; remove log_format"
+      : "is not supported: revtun writes each lifecycle event as one JSON line with Envoy's field names (event, node_id, cluster_id, tenant_id, …); remove log_format",
+  );
+  logger.config.done();
+  return logger.path;
+}
+
+/** What an HCM's access logger becomes on an egress listener (its `access_log` entry). */
+export interface RequestAccessLog {
+  readonly path: string;
+  readonly format: 'json' | 'text';
+  readonly text_format?: string;
+}
+
+/**
+ * An HCM's access logger: its path, and its `log_format` as revtun's format. Without one it is
+ * Envoy's default text format; `text_format_source.inline_string` (or the older `text_format`) is
+ * the same text format, checked when the config loads; `json_format` gives revtun's JSON record
+ * (its keys are revtun's, not the ones the config lists).
+ */
+export function readRequestAccessLog(field: Field): RequestAccessLog | undefined {
+  const logger = readLogger(field, 'request', ['log_format']);
+  if (logger === undefined) return undefined;
+  const formatField = logger.config.get('log_format');
+  logger.config.done();
+  if (!formatField.present) return { path: logger.path, format: 'text' };
+  const format = formatField.object(['text_format_source', 'text_format', 'json_format']);
+  if (format === undefined) return undefined;
+  let result: RequestAccessLog | undefined;
+  const source = format.get('text_format_source');
+  const legacy = format.get('text_format');
+  if (source.present) {
+    const inline = source.object(['inline_string']);
+    const text = inline?.get('inline_string').string();
+    inline?.done();
+    if (text !== undefined) result = { path: logger.path, format: 'text', text_format: line(text) };
+  } else if (legacy.present) {
+    const text = legacy.string();
+    if (text !== undefined) result = { path: logger.path, format: 'text', text_format: line(text) };
+  } else if (format.get('json_format').present) {
+    result = { path: logger.path, format: 'json' };
+  } else {
+    formatField.fail('needs text_format_source.inline_string or json_format');
+  }
+  format.done();
+  return result;
+}
+
+/** An Envoy format ends its line with "\n" itself; revtun ends every line, so one is dropped. */
+function line(format: string): string {
+  return format.endsWith('\n') ? format.slice(0, -1) : format;
+}
+
+/** The logger of an access_log entry and its typed_config, with the file it writes. */
+function readLogger(
+  field: Field,
+  what: string,
+  reads: readonly string[],
+): { path: string; config: Fields } | undefined {
   const log = field.object(['name', 'typed_config']);
   if (log === undefined) return undefined;
   const nameField = log.get('name');
   const name = nameField.string();
-  log.reject(
-    'filter',
-    `is not supported: revtun logs every ${use === 'admin' ? 'admin request' : 'lifecycle event'}`,
-  );
+  log.reject('filter', `is not supported: revtun logs every ${what}`);
   const logger = accessLoggers.find((candidate) => candidate.name === name);
   if (logger === undefined) {
     log.ignore('typed_config');
@@ -311,15 +371,9 @@ export function readAccessLog(
   }
   const config = log
     .get('typed_config')
-    .typedConfig(logger.type, logger.path === undefined ? ['path'] : []);
+    .typedConfig(logger.type, logger.path === undefined ? ['path', ...reads] : [...reads]);
   log.done();
   if (config === undefined) return undefined;
-  config.reject(
-    'log_format',
-    use === 'admin'
-      ? "is not supported: revtun writes admin requests in Envoy's default access-log format; remove log_format"
-      : "is not supported: revtun writes each lifecycle event as one JSON line with Envoy's field names (event, node_id, cluster_id, tenant_id, …); remove log_format",
-  );
   let path: string | undefined = logger.path;
   if (logger.path === undefined) {
     const pathField = config.get('path');
@@ -327,6 +381,10 @@ export function readAccessLog(
     if (path === undefined || path === '')
       path = pathField.fail('is required: the file to write to');
   }
-  config.done();
-  return path;
+  if (path === undefined) {
+    config.ignore('log_format');
+    config.done();
+    return undefined;
+  }
+  return { path, config };
 }
