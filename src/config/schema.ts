@@ -929,6 +929,11 @@ export const responderSchema = z
            * Default 1h; `0s` turns it off.
            */
           idle_timeout: duration(0, 86_400_000).prefault('1h'),
+          /**
+           * One record per connection when it closes (docs/logging.md): method CONNECT, path the
+           * target, protocol TCP, status 200 once the initiator connected it, bytes each way.
+           */
+          access_log: z.array(accessLogEntry).min(1).optional(),
         }),
       )
       .default([]),

@@ -20,6 +20,8 @@ import type { Counter, Gauge, StatsRegistry } from '../shared/stats.ts';
 import type { TunnelRegistry } from './registry.ts';
 import { resetSocket, splice } from '../shared/splice.ts';
 import { resetStreamWith } from '../shared/http2-stream.ts';
+import { AccessRecord, type ResponseFlag } from '../shared/access-format.ts';
+import { AccessLog } from './access-log.ts';
 
 export interface TcpListenerOptions {
   readonly config: TcpListenerConfig;
@@ -48,6 +50,10 @@ export class TcpListener {
   readonly #logger: Logger;
   readonly #server: net.Server;
   readonly #sockets = new Set<net.Socket>();
+  /** The access log, if configured: one record per connection. */
+  readonly #accessLog: AccessLog | undefined;
+  /** Each open connection's record, while it is open. */
+  readonly #records = new WeakMap<net.Socket, AccessRecord>();
   #draining = false;
   #drained: (() => void) | undefined;
 
@@ -67,6 +73,10 @@ export class TcpListener {
       idleTimeout: stats.counter(`${prefix}.idle_timeout`),
     };
     this.#logger = options.logger.child({ tcp_listener: options.index, target: config.target });
+    this.#accessLog =
+      config.access_log === undefined
+        ? undefined
+        : new AccessLog(config.access_log, stats.counter(`${prefix}.access_log.dropped`));
     // Half-open: the caller's FIN is END_STREAM on the tunnel, and bytes still flow back.
     this.#server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) =>
       this.#accept(socket),
@@ -97,6 +107,39 @@ export class TcpListener {
     this.#draining = true;
     this.#server.close();
     for (const socket of this.#sockets) resetSocket(socket);
+    const accessLog = this.#accessLog;
+    // After the 'close' events of what was just reset, so their records are in (a later one is
+    // counted as dropped, never written to a closed file).
+    if (accessLog !== undefined) setImmediate(() => void accessLog.close());
+  }
+
+  /** Starts the connection's record; it is written when the socket closes. */
+  #record(socket: net.Socket): void {
+    const accessLog = this.#accessLog;
+    if (accessLog === undefined) return;
+    const { config } = this.#options;
+    const record = new AccessRecord({
+      method: 'CONNECT',
+      path: config.target,
+      authority: config.target,
+      version: '1.1',
+      headers: {},
+      socket,
+    });
+    record.protocol = 'TCP';
+    record.hostId = config.host_id;
+    record.tenant = config.tenant_id;
+    this.#records.set(socket, record);
+    socket.once('close', () => {
+      record.bytesReceived = socket.bytesRead;
+      record.bytesSent = socket.bytesWritten;
+      accessLog.write(record);
+    });
+  }
+
+  /** Marks the connection's record (if any) with an outcome. */
+  #flag(socket: net.Socket, flag: ResponseFlag): void {
+    this.#records.get(socket)?.flag(flag);
   }
 
   #accept(socket: net.Socket): void {
@@ -106,12 +149,15 @@ export class TcpListener {
     const { config } = this.#options;
     const stats = this.#stats;
     stats.total.inc();
+    this.#record(socket);
     if (this.#draining) {
+      this.#flag(socket, 'LR');
       resetSocket(socket);
       return;
     }
     if (this.#sockets.size >= config.max_connections) {
       stats.overflow.inc();
+      this.#flag(socket, 'UO');
       this.#logger.debug(
         { max_connections: config.max_connections },
         'tcp connection refused: max_connections reached',
@@ -142,11 +188,14 @@ export class TcpListener {
     const node = registry.resolve(config.host_id, config.tenant_id ?? '');
     if (node === undefined) {
       stats.noRoute.inc();
+      this.#flag(socket, 'UH');
       this.#logger.info({ host_id: config.host_id }, 'tcp connection closed: no tunnel to host id');
       resetSocket(socket);
       return;
     }
     const log = this.#logger.child({ node_id: node.nodeId });
+    const record = this.#records.get(socket);
+    if (record !== undefined) record.nodeId = node.nodeId;
     let stream: ClientHttp2Stream;
     try {
       const session = await withDeadline(
@@ -162,6 +211,7 @@ export class TcpListener {
       );
     } catch (error) {
       stats.noRoute.inc();
+      this.#flag(socket, 'UH');
       const why = isRevtunError(error) || error instanceof Error ? error.message : String(error);
       log.info({ err: why }, 'tcp connection closed: no tunnel to node');
       resetSocket(socket);
@@ -172,17 +222,22 @@ export class TcpListener {
     const refused = await this.#established(stream, socket, left);
     if (refused !== undefined) {
       // A caller that left first is not the initiator's failure.
-      if (!socket.destroyed) stats.connectFail.inc();
+      if (!socket.destroyed) {
+        stats.connectFail.inc();
+        this.#flag(socket, 'UF');
+      } else this.#flag(socket, 'DC');
       log.info({ reason: refused }, 'tcp connection closed: the initiator did not connect it');
       resetStreamWith(stream, http2.constants.NGHTTP2_CONNECT_ERROR);
       resetSocket(socket);
       return;
     }
+    if (record !== undefined) record.status = 200;
     if (config.idle_timeout > 0) {
       // Node's socket timer restarts on every read and write: only a connection with no bytes
       // either way for idle_timeout is closed.
       socket.setTimeout(config.idle_timeout, () => {
         stats.idleTimeout.inc();
+        this.#flag(socket, 'SI');
         log.debug('tcp connection idle for idle_timeout; closing it');
         resetSocket(socket);
       });

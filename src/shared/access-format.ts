@@ -7,7 +7,8 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 
 /** What the caller spoke: Envoy's %PROTOCOL% values, and `websocket` for an upgraded request. */
-export type AccessProtocol = 'HTTP/1.0' | 'HTTP/1.1' | 'HTTP/2' | 'websocket';
+/** `TCP`: a connection to a responder's tcp_listeners (method CONNECT, path its target). */
+export type AccessProtocol = 'HTTP/1.0' | 'HTTP/1.1' | 'HTTP/2' | 'websocket' | 'TCP';
 
 /**
  * Envoy's response flags (the ones revtun can have; `%RESPONSE_FLAGS%`, Envoy's
@@ -17,7 +18,8 @@ export type AccessProtocol = 'HTTP/1.0' | 'HTTP/1.1' | 'HTTP/2' | 'websocket';
  * connection termination (the caller went away), UAEX unauthorized (callers), DPE downstream
  * protocol error (a malformed or over-large request), LR local reply (the request script).
  */
-export type ResponseFlag = 'NR' | 'UH' | 'UF' | 'UT' | 'UC' | 'DC' | 'UAEX' | 'DPE' | 'LR';
+export type ResponseFlag =
+  'NR' | 'UH' | 'UF' | 'UT' | 'UC' | 'DC' | 'UAEX' | 'DPE' | 'LR' | 'UO' | 'SI';
 
 /** One request's record: filled in as the request goes, written once at its end. */
 export class AccessRecord {

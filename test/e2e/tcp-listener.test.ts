@@ -7,9 +7,13 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import http2 from 'node:http2';
 import { once } from 'node:events';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { ResponderConfigInput } from '../../src/config/schema.ts';
 import { startResponder, type Responder } from '../../src/responder/responder.ts';
+import type { HostPort } from '../../src/shared/address.ts';
 import { resetStreamWith } from '../../src/shared/http2-stream.ts';
 import { FakeInitiator } from '../helpers/fake-initiator.ts';
 import { TcpCaller } from '../helpers/tcp-caller.ts';
@@ -379,5 +383,101 @@ describe('a TCP listener when the responder closes', () => {
       fake.destroy();
       await responder.close({ graceMs: 0 });
     }
+  });
+});
+
+describe("a TCP listener's access log", () => {
+  let responder: Responder;
+  let fake: FakeInitiator;
+  let directory: string;
+  let logPath: string;
+
+  /** The log's lines once it has `count` of them (records are written when sockets close). */
+  async function records(count: number): Promise<Array<Record<string, unknown>>> {
+    const deadline = Date.now() + 5_000;
+    for (;;) {
+      const text = await readFile(logPath, 'utf8').catch(() => '');
+      const lines = text.split('\n').filter((line) => line !== '');
+      if (lines.length >= count)
+        return lines.map((line) => JSON.parse(line) as Record<string, unknown>);
+      if (Date.now() > deadline)
+        assert.fail(`${logPath} has ${lines.length} lines, expected ${count}`);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+
+  before(async () => {
+    directory = await mkdtemp(path.join(os.tmpdir(), 'revtun-tcp-access-'));
+    logPath = path.join(directory, 'tcp.jsonl');
+    const access_log = [{ path: logPath }];
+    responder = await startResponder({
+      tunnel_listener: { address: '127.0.0.1:0', ping_interval: '300s' },
+      egress_listeners: [{ address: '127.0.0.1:0' }],
+      tcp_listeners: [
+        { address: '127.0.0.1:0', stat_prefix: 'echo', host_id: 'n1', target: 'echo', access_log },
+        {
+          address: '127.0.0.1:0',
+          stat_prefix: 'missing',
+          host_id: 'n1',
+          target: 'missing',
+          access_log,
+        },
+        {
+          address: '127.0.0.1:0',
+          stat_prefix: 'nobody',
+          host_id: 'nobody',
+          target: 'echo',
+          access_log,
+        },
+      ],
+    });
+    const registered = tunnelsRegistered(responder, 'n1');
+    fake = await FakeInitiator.connect(responder.addresses.tunnel);
+    await fake.expectAccepted();
+    await registered;
+    void fake.serveHttp2((stream, headers) => answer(stream, headers, () => {}), {
+      enableConnectProtocol: true,
+    });
+  });
+
+  after(async () => {
+    fake.destroy();
+    await responder.close({ graceMs: 0 });
+    await rm(directory, { recursive: true, force: true });
+  });
+
+  it('writes one record per connection: connected with its bytes, refused (UF), no tunnel (UH)', async () => {
+    const [echo, missing, nobody] = responder.addresses.tcp as [HostPort, HostPort, HostPort];
+    const caller = await TcpCaller.connect(echo);
+    caller.socket.write('twelve bytes');
+    await caller.receivedAtLeast(12);
+    caller.socket.end();
+    await caller.closed;
+    const [connected] = await records(1);
+    assert.deepEqual(
+      [connected!.method, connected!.path, connected!.protocol, connected!.response_code],
+      ['CONNECT', 'echo', 'TCP', 200],
+    );
+    assert.deepEqual(
+      [connected!.host_id, connected!.node_id, connected!.bytes_received, connected!.bytes_sent],
+      ['n1', 'n1', 12, 12],
+    );
+    assert.equal(connected!.response_flags, null);
+
+    const refused = await TcpCaller.connect(missing);
+    refused.socket.write('x');
+    await refused.closed;
+    const [, failed] = await records(2);
+    assert.deepEqual(
+      [failed!.path, failed!.response_code, failed!.response_flags],
+      ['missing', 0, 'UF'],
+    );
+
+    await TcpCaller.open(nobody).closed;
+    const [, , unrouted] = await records(3);
+    assert.deepEqual(
+      [unrouted!.host_id, unrouted!.node_id, unrouted!.response_flags],
+      ['nobody', null, 'UH'],
+    );
   });
 });
