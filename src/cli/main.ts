@@ -465,6 +465,8 @@ async function runSandbox(flags: FlagValues): Promise<Stoppable> {
 }
 
 async function runDemoService(flags: FlagValues): Promise<Stoppable> {
+  // The demo service logs nothing, but a bad --log-level or --log-format is still an error.
+  makeLogger(flags, 'info');
   const listenText = typeof flags['listen'] === 'string' ? flags['listen'] : '127.0.0.1:8080';
   let address;
   try {

@@ -259,6 +259,24 @@ describe('revtun usage errors exit 2 with a one-line reason on stderr', { concur
       'revtun sandbox: --tunnel-port: "99999" is not a port number (0-65535); see revtun sandbox --help',
     ],
     [
+      'a --log-format that does not exist lists the ones that do',
+      [
+        'responder',
+        '--tunnel-listen',
+        '127.0.0.1:0',
+        '--egress-listen',
+        '0',
+        '--log-format',
+        'xml',
+      ],
+      'revtun responder: --log-format must be one of auto, json, pretty, not "xml"; see revtun responder --help',
+    ],
+    [
+      'demo-service checks --log-format too, though it logs nothing',
+      ['demo-service', '--listen', '127.0.0.1:0', '--log-format', 'xml'],
+      'revtun demo-service: --log-format must be one of auto, json, pretty, not "xml"; see revtun demo-service --help',
+    ],
+    [
       // The reason is the one node:util parseArgs gives.
       'an unknown flag is named',
       ['sandbox', '--no-such-flag'],
@@ -381,6 +399,37 @@ describe('the quick start: demo service, responder and initiator as three proces
 
   after(async () => {
     for (const cli of started) await cli.stop();
+  });
+
+  it('logs JSON lines with --log-format json and a pretty form with --log-format pretty', async () => {
+    const stderrOf = async (format: string) => {
+      const responder = start(
+        'responder',
+        '--tunnel-listen',
+        '127.0.0.1:0',
+        '--egress-listen',
+        '127.0.0.1:0',
+        '--log-level',
+        'debug',
+        '--log-format',
+        format,
+      );
+      await responder.waitForStdout(/^revtun responder started$/m);
+      await assertStopsCleanly([responder], 'SIGTERM');
+      // The stop notice is the CLI's own line; the rest are the logger's.
+      return responder.stderr
+        .split('\n')
+        .filter((line) => line !== '' && !line.startsWith('revtun: '));
+    };
+    const json = await stderrOf('json');
+    assert.ok(json.length > 0, 'some log lines');
+    for (const line of json)
+      assert.equal(typeof (JSON.parse(line) as { msg: unknown }).msg, 'string', line);
+    const pretty = await stderrOf('pretty');
+    assert.ok(
+      pretty.some((line) => /^\[\d\d:\d\d:\d\d\.\d{3}\] DEBUG: responder closed$/.test(line)),
+      pretty.join('\n'),
+    );
   });
 
   it('starts each on port 0 and prints the addresses it bound', async () => {
