@@ -78,6 +78,26 @@ function answer(
   }
 }
 
+/**
+ * A fake initiator with its tunnel registered as node n1 of `responder`; with `serve`, it answers
+ * CONNECT streams with `answer`.
+ */
+async function registeredFake(
+  responder: Responder,
+  serve?: (stream: http2.ServerHttp2Stream) => void,
+): Promise<FakeInitiator> {
+  const registered = tunnelsRegistered(responder, 'n1');
+  const fake = await FakeInitiator.connect(responder.addresses.tunnel);
+  await fake.expectAccepted();
+  await registered;
+  if (serve !== undefined) {
+    void fake.serveHttp2((stream, headers) => answer(stream, headers, serve), {
+      enableConnectProtocol: true,
+    });
+  }
+  return fake;
+}
+
 describe('TCP listeners on the responder', () => {
   let responder: Responder;
   let fake: FakeInitiator;
@@ -100,18 +120,10 @@ describe('TCP listeners on the responder', () => {
       egress_listeners: [{ address: '127.0.0.1:0' }],
       tcp_listeners: tcpListeners,
     });
-    const registered = tunnelsRegistered(responder, 'n1');
-    fake = await FakeInitiator.connect(responder.addresses.tunnel);
-    await fake.expectAccepted();
-    await registered;
-    void fake.serveHttp2(
-      (stream, headers) =>
-        answer(stream, headers, (held) => {
-          heldStreams.push(held);
-          onHeld?.(held);
-        }),
-      { enableConnectProtocol: true },
-    );
+    fake = await registeredFake(responder, (held) => {
+      heldStreams.push(held);
+      onHeld?.(held);
+    });
   });
 
   after(async () => {
@@ -250,10 +262,7 @@ describe('a TCP listener whose tunnel dies', () => {
       egress_listeners: [{ address: '127.0.0.1:0' }],
       tcp_listeners: [{ address: '127.0.0.1:0', stat_prefix: 'hold', host_id: 'n1', target: 'x' }],
     });
-    const registered = tunnelsRegistered(responder, 'n1');
-    fake = await FakeInitiator.connect(responder.addresses.tunnel);
-    await fake.expectAccepted();
-    await registered;
+    fake = await registeredFake(responder);
   });
 
   after(async () => {
@@ -315,13 +324,7 @@ describe('TCP listeners with tenant isolation and an idle timeout', () => {
       ],
     });
     // The fake's handshake names tenant t1.
-    const registered = tunnelsRegistered(responder, 'n1');
-    fake = await FakeInitiator.connect(responder.addresses.tunnel);
-    await fake.expectAccepted();
-    await registered;
-    void fake.serveHttp2((stream, headers) => answer(stream, headers, () => {}), {
-      enableConnectProtocol: true,
-    });
+    fake = await registeredFake(responder, () => {});
   });
 
   after(async () => {
@@ -431,13 +434,7 @@ describe("a TCP listener's access log", () => {
         },
       ],
     });
-    const registered = tunnelsRegistered(responder, 'n1');
-    fake = await FakeInitiator.connect(responder.addresses.tunnel);
-    await fake.expectAccepted();
-    await registered;
-    void fake.serveHttp2((stream, headers) => answer(stream, headers, () => {}), {
-      enableConnectProtocol: true,
-    });
+    fake = await registeredFake(responder, () => {});
   });
 
   after(async () => {
