@@ -226,7 +226,8 @@ export class EgressListener {
     for (const socket of this.#sniffing) socket.destroy();
     this.#script?.close();
     const accessLog = this.#accessLog;
-    // After the 'close' events of what was just destroyed (next ticks), so their records are in.
+    // On the next turn: a record that comes later still (a destroyed socket's 'close' can) is
+    // counted in access_log.dropped, never written to a closed file (lifecycle-log.ts).
     if (accessLog !== undefined) setImmediate(() => void accessLog.close());
   }
 

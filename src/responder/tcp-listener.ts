@@ -108,8 +108,8 @@ export class TcpListener {
     this.#server.close();
     for (const socket of this.#sockets) resetSocket(socket);
     const accessLog = this.#accessLog;
-    // After the 'close' events of what was just reset, so their records are in (a later one is
-    // counted as dropped, never written to a closed file).
+    // On the next turn: a record that comes later still (a reset socket's 'close' can) is counted
+    // in access_log.dropped, never written to a closed file (lifecycle-log.ts).
     if (accessLog !== undefined) setImmediate(() => void accessLog.close());
   }
 
