@@ -401,37 +401,6 @@ describe('the quick start: demo service, responder and initiator as three proces
     for (const cli of started) await cli.stop();
   });
 
-  it('logs JSON lines with --log-format json and a pretty form with --log-format pretty', async () => {
-    const stderrOf = async (format: string) => {
-      const responder = start(
-        'responder',
-        '--tunnel-listen',
-        '127.0.0.1:0',
-        '--egress-listen',
-        '127.0.0.1:0',
-        '--log-level',
-        'debug',
-        '--log-format',
-        format,
-      );
-      await responder.waitForStdout(/^revtun responder started$/m);
-      await assertStopsCleanly([responder], 'SIGTERM');
-      // The stop notice is the CLI's own line; the rest are the logger's.
-      return responder.stderr
-        .split('\n')
-        .filter((line) => line !== '' && !line.startsWith('revtun: '));
-    };
-    const json = await stderrOf('json');
-    assert.ok(json.length > 0, 'some log lines');
-    for (const line of json)
-      assert.equal(typeof (JSON.parse(line) as { msg: unknown }).msg, 'string', line);
-    const pretty = await stderrOf('pretty');
-    assert.ok(
-      pretty.some((line) => /^\[\d\d:\d\d:\d\d\.\d{3}\] DEBUG: responder closed$/.test(line)),
-      pretty.join('\n'),
-    );
-  });
-
   it('starts each on port 0 and prints the addresses it bound', async () => {
     const demo = start('demo-service', '--listen', '127.0.0.1:0');
     const responder = start(
@@ -831,3 +800,42 @@ describe(
     });
   },
 );
+
+describe('revtun --log-format', () => {
+  it('logs JSON lines with --log-format json and a pretty form with --log-format pretty', async () => {
+    const stderrOf = async (format: string) => {
+      const responder = new TestProcess(
+        revtun(
+          'responder',
+          '--tunnel-listen',
+          '127.0.0.1:0',
+          '--egress-listen',
+          '127.0.0.1:0',
+          '--log-level',
+          'debug',
+          '--log-format',
+          format,
+        ),
+      );
+      try {
+        await responder.waitForStdout(/^revtun responder started$/m);
+        await assertStopsCleanly([responder], 'SIGTERM');
+      } finally {
+        await responder.stop();
+      }
+      // The stop notice is the CLI's own line; the rest are the logger's.
+      return responder.stderr
+        .split('\n')
+        .filter((line) => line !== '' && !line.startsWith('revtun: '));
+    };
+    const json = await stderrOf('json');
+    assert.ok(json.length > 0, 'some log lines');
+    for (const line of json)
+      assert.equal(typeof (JSON.parse(line) as { msg: unknown }).msg, 'string', line);
+    const pretty = await stderrOf('pretty');
+    assert.ok(
+      pretty.some((line) => /^\[\d\d:\d\d:\d\d\.\d{3}\] DEBUG: responder closed$/.test(line)),
+      pretty.join('\n'),
+    );
+  });
+});
